@@ -29,11 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import simpy
 
+from simulation.analysis import ReplicationSummary, combine_replications, summarize_run
 from simulation.arrivals import draw_arrival_times, draw_duplicate_flags
 from simulation.config import ModelConfig
-from simulation.monitor import EventRecords, RunRecords
+from simulation.monitor import EventRecords, RunRecords, scrape_series
 from simulation.service import (
     CallDraws,
     CallOutcomes,
@@ -323,3 +325,29 @@ def run_replication(config: ModelConfig, replication: int) -> RunRecords:
         config.queue_max,
     )
     return SupervisorModel(config, inputs).run()
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """Replications of one config: their records and summaries, and the combined summary."""
+
+    config: ModelConfig
+    runs: tuple[RunRecords, ...]
+    replications: tuple[ReplicationSummary, ...]
+    summary: dict[str, float]
+
+    def series(self, replication: int = 0) -> pd.DataFrame:
+        """Return the scrape series of one replication (see `simulation.monitor`)."""
+        return scrape_series(self.runs[replication], self.config.scrape_interval_s)
+
+
+def simulate(config: ModelConfig) -> SimulationResult:
+    """Run `config.replications` independent replications and summarise them."""
+    runs = tuple(run_replication(config, replication) for replication in range(config.replications))
+    summaries = tuple(summarize_run(run, config.warmup_s) for run in runs)
+    return SimulationResult(
+        config=config,
+        runs=runs,
+        replications=summaries,
+        summary=combine_replications(summaries),
+    )

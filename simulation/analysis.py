@@ -160,7 +160,9 @@ def t_half_width(values: Sequence[float]) -> float:
     return float(quantile * sample.std(ddof=1) / math.sqrt(sample.size))
 
 
-def ratio_estimate(numerators: Sequence[float], denominators: Sequence[float]) -> tuple[float, float]:
+def ratio_estimate(
+    numerators: Sequence[float], denominators: Sequence[float]
+) -> tuple[float, float]:
     """Return `sum Y / sum X` and its 95% delta-method half-width over replications.
 
     With `r = mean(Y) / mean(X)` and residuals `d_i = Y_i - r X_i`, the variance of `r` is

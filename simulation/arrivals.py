@@ -123,9 +123,7 @@ def draw_arrival_times(
     return poisson_schedule_times(starts_s, rates_per_s, duration_s, rng)
 
 
-def draw_duplicate_flags(
-    count: int, duplicate_ratio: float, rng: np.random.Generator
-) -> BoolArray:
+def draw_duplicate_flags(count: int, duplicate_ratio: float, rng: np.random.Generator) -> BoolArray:
     """Mark each arrival as a duplicate with probability `duplicate_ratio`, independently."""
     flags: BoolArray = rng.random(count) < duplicate_ratio
     return flags

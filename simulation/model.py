@@ -351,3 +351,13 @@ def simulate(config: ModelConfig) -> SimulationResult:
         replications=summaries,
         summary=combine_replications(summaries),
     )
+
+
+def run_model_summary(config: ModelConfig, replication: int) -> dict[str, float]:
+    """Run one replication and return its summary keys, warm-up and ratio-estimator totals."""
+    summary = summarize_run(run_replication(config, replication), config.warmup_s)
+    row = dict(summary.metrics)
+    row["warmup_s"] = summary.warmup_s
+    for name in ("offered", "dropped", "lag_sum_s", "lag_count", "e2e_sum_s", "e2e_count"):
+        row[name] = float(summary.total(name))
+    return row

@@ -149,9 +149,7 @@ def mmck(
     waiting = states - busy
     # log p_n = n log a - log(min(n, c)!) - (n - c)^+ log c, up to the normalising constant.
     log_weights = (
-        states * math.log(offered_load)
-        - special.gammaln(busy + 1)
-        - waiting * math.log(servers)
+        states * math.log(offered_load) - special.gammaln(busy + 1) - waiting * math.log(servers)
     )
     probabilities = np.exp(log_weights - special.logsumexp(log_weights))
     return MMcK(

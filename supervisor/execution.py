@@ -1,0 +1,162 @@
+"""Client of the execution service: one `POST /execute` per copy trade, with retries.
+
+Each call carries the idempotency key `<event_id>:<config_id>`, in the `Idempotency-Key`
+header and in the body, so a retried or redelivered copy trade cannot execute twice at a
+service that honours the key. Timeouts, 429 and 5xx answers (and failed connections) are
+retried, up to `max_attempts` attempts in all, waiting a uniformly drawn time between 0 and
+`backoff_ms * 2**(attempt - 1)` ("full jitter") before each retry. Any other non-2xx answer
+is final and counts as `rejected`.
+
+Final outcomes: `success` (2xx), `rejected` (other 4xx and anything not retried), `timeout`
+(the last attempt timed out) and `error` (the last attempt got 429, 5xx or no connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from dataclasses import dataclass
+
+import aiohttp
+
+from supervisor.clock import Clock
+from supervisor.config_cache import CachedConfig
+from supervisor.events import Event
+from supervisor.metrics import ExecutionOutcome
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionResult:
+    """The final outcome of one copy trade and what it took to get there."""
+
+    config_id: str
+    outcome: ExecutionOutcome
+    attempts: int
+    status: int | None
+    started_s: float
+    duration_s: float
+
+
+def idempotency_key(event_id: str, config_id: str) -> str:
+    """Return the key that makes a repeated copy trade harmless."""
+    return f"{event_id}:{config_id}"
+
+
+def request_body(event: Event, config: CachedConfig) -> bytes:
+    """Return the JSON body of the execution call for one copy trade."""
+    key = idempotency_key(event.event_id, config.id)
+    return json.dumps(
+        {
+            "idempotency_key": key,
+            "event_id": event.event_id,
+            "config_id": config.id,
+            "user_id": config.user_id,
+            "channel": event.channel,
+            "symbol": event.symbol,
+            "side": event.side,
+            "quantity": config.quantity_for(event.quantity),
+            "price": event.price,
+        }
+    ).encode()
+
+
+def is_retryable_status(status: int) -> bool:
+    """Return True for answers worth retrying: 429 and every 5xx."""
+    return status == 429 or status >= 500
+
+
+class ExecutionClient:
+    """Calls the execution service for copy trades over one shared aiohttp session."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        clock: Clock,
+        rng: random.Random,
+        *,
+        timeout_ms: int,
+        max_attempts: int,
+        backoff_ms: int,
+    ) -> None:
+        self._session = session
+        self._url = base_url.rstrip("/") + "/execute"
+        self._clock = clock
+        self._rng = rng
+        self._timeout = aiohttp.ClientTimeout(total=timeout_ms / 1000)
+        self._max_attempts = max_attempts
+        self._backoff_s = backoff_ms / 1000
+
+    def backoff_s(self, attempt: int) -> float:
+        """Return the wait before retrying after failed attempt number `attempt` (from 1)."""
+        return self._rng.uniform(0.0, self._backoff_s * 2 ** (attempt - 1))
+
+    async def _attempt(self, body: bytes, key: str) -> tuple[ExecutionOutcome, int | None]:
+        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        try:
+            async with self._session.post(
+                self._url, data=body, headers=headers, timeout=self._timeout
+            ) as response:
+                await response.read()
+                status = response.status
+        except TimeoutError:
+            return "timeout", None
+        except aiohttp.ClientError as error:
+            logger.debug("Execution call %s failed: %s", key, error)
+            return "error", None
+
+        if 200 <= status < 300:
+            return "success", status
+        if is_retryable_status(status):
+            return "error", status
+        return "rejected", status
+
+    async def execute(self, event: Event, config: CachedConfig) -> ExecutionResult:
+        """Run one copy trade to its final outcome, retrying retryable failures."""
+        key = idempotency_key(event.event_id, config.id)
+        body = request_body(event, config)
+        started_s = self._clock.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            outcome, status = await self._attempt(body, key)
+            if outcome in ("success", "rejected") or attempt >= self._max_attempts:
+                break
+            wait_s = self.backoff_s(attempt)
+            logger.debug(
+                "Execution call %s: attempt %d of %d ended %s (status %s); retrying in %.3f s",
+                key, attempt, self._max_attempts, outcome, status, wait_s,
+            )  # fmt: skip
+            await self._clock.sleep(wait_s)
+
+        if outcome != "success":
+            logger.debug("Execution call %s ended %s after %d attempts", key, outcome, attempt)
+        return ExecutionResult(
+            config_id=config.id,
+            outcome=outcome,
+            attempts=attempt,
+            status=status,
+            started_s=started_s,
+            duration_s=self._clock.monotonic() - started_s,
+        )
+
+
+def build_session(max_connections: int) -> aiohttp.ClientSession:
+    """Build the one client session shared by all workers, bounded to `max_connections`."""
+    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
+    return aiohttp.ClientSession(connector=connector)
+
+
+async def run_fanout(
+    client: ExecutionClient, event: Event, configs: list[CachedConfig] | tuple[CachedConfig, ...]
+) -> list[ExecutionResult]:
+    """Execute every copy trade of one event concurrently; results follow `configs` order."""
+    if not configs:
+        return []
+    if len(configs) == 1:
+        return [await client.execute(event, configs[0])]
+    return list(await asyncio.gather(*(client.execute(event, c) for c in configs)))

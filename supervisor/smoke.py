@@ -1034,8 +1034,12 @@ class SmokeRun:
         missing = [name for name in QUEUE_METRICS if not _has_family(samples, name)]
         if missing:
             problems.append(f"queue metrics missing: {', '.join(missing)}")
+        else:
+            notes.append("queue metrics present")
 
         incremental_s = self._incremental_advance(target, samples, problems)
+        if incremental_s is not None:
+            notes.append(f"incremental refresh advanced after {incremental_s:.2f} s")
         full_age_s = self._full_refresh_age(target, samples, problems, notes)
         measured: dict[str, float | int | None] = {
             "pool_size": pool, "incremental_advance_s": incremental_s, "full_age_s": full_age_s,

@@ -25,9 +25,14 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from simulation.config import ModelConfig
+    from simulation.monitor import RunRecords
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -200,3 +205,113 @@ def busy_worker_seconds(trace: QueueTrace, start_s: float, end_s: float) -> floa
     began = np.clip(trace.start_s[admitted], start_s, end_s)
     finished = np.clip(trace.end_s[admitted], start_s, end_s)
     return float(np.sum(finished - began))
+
+
+# Runs of a `ModelConfig`: the same inputs as the SimPy model, the same records and summary.
+
+
+def check_config_supported(config: ModelConfig) -> None:
+    """Raise `RecursionInputError` unless `config` is a plain FIFO queue the recursion can run.
+
+    Supported: any arrivals, duplicates (they never reach the queue), and any fan-out, latency,
+    timeout, error and retry settings, because then each event's service time is fixed before
+    the run. Not supported: CPU costs or refresh stalls (they share the event-loop core with
+    the workers) and an execution capacity limit (latency then depends on the calls in progress).
+    """
+    if config.uses_cpu:
+        raise RecursionInputError(
+            "the recursion cannot model the event-loop core: set cpu.ingest_cost_ms, "
+            "cpu.worker_cost_ms, refresh.incremental_stall_ms and refresh.full_stall_ms to 0, "
+            "or use the SimPy model"
+        )
+    if config.execution.capacity_limited:
+        raise RecursionInputError(
+            f"the recursion cannot model execution.capacity_concurrent="
+            f"{config.execution.capacity_concurrent}: set it to 0 (unlimited), or use the SimPy "
+            "model"
+        )
+
+
+def run_config(config: ModelConfig, replication: int) -> RunRecords:
+    """Run replication `replication` of `config` through the recursion, as the model would.
+
+    The inputs come from `simulation.model.draw_inputs`, so they are the SimPy model's own
+    draws for the same seed and replication. As in the model, the run stops at `duration_s`:
+    an event that has not started by then has NaN `start_s`, one not finished has NaN `end_s`.
+    """
+    # Imported here so that the recursion itself needs neither SimPy nor the model.
+    from simulation.model import draw_inputs
+    from simulation.monitor import EventRecords, RunRecords
+
+    check_config_supported(config)
+    inputs = draw_inputs(config, replication)
+    service = inputs.service
+    if service is None:
+        raise RecursionInputError("the model drew no fixed service times for this config")
+
+    queued = ~inputs.duplicate
+    trace = run_fifo_queue(
+        inputs.arrival_s[queued], service.service_s[queued], config.pool_size, config.queue_max
+    )
+    count = inputs.arrival_s.size
+    start_s = np.full(count, np.nan)
+    end_s = np.full(count, np.nan)
+    dropped = np.zeros(count, dtype=np.bool_)
+    # SimPy's run(until=T) stops before it handles anything scheduled at T itself.
+    start_s[queued] = np.where(trace.start_s < config.duration_s, trace.start_s, np.nan)
+    end_s[queued] = np.where(trace.end_s < config.duration_s, trace.end_s, np.nan)
+    dropped[queued] = trace.dropped
+
+    events = EventRecords(
+        arrival_s=inputs.arrival_s,
+        enqueue_s=inputs.arrival_s.copy(),
+        start_s=start_s,
+        end_s=end_s,
+        dropped=dropped,
+        duplicate=inputs.duplicate,
+        failed=service.failed & ~np.isnan(end_s),
+        executions=service.executions,
+        execution_errors=service.execution_errors,
+    )
+    return RunRecords(
+        events=events,
+        pool_size=config.pool_size,
+        queue_max=config.queue_max,
+        duration_s=config.duration_s,
+        start_unix_s=config.start_unix_s,
+        incremental_refresh_done_s=_refresh_times_s(
+            config.refresh.refresh_interval_ms, config.refresh.incremental_db_time_ms, config
+        ),
+        full_refresh_done_s=_refresh_times_s(
+            config.refresh.full_refresh_interval_ms, config.refresh.full_db_time_ms, config
+        ),
+        ingest_cost_s=0.0,
+        worker_cost_s=0.0,
+        incremental_stall_s=0.0,
+        full_stall_s=0.0,
+    )
+
+
+def _refresh_times_s(interval_ms: float, db_time_ms: float, config: ModelConfig) -> FloatArray:
+    """Return when each refresh finishes: every interval plus database time, back to back."""
+    period_s = (interval_ms + db_time_ms) / 1000.0
+    count = math.ceil(config.duration_s / period_s) + 1
+    done_s: FloatArray = np.arange(1, count + 1, dtype=np.float64) * period_s
+    finished: FloatArray = done_s[done_s < config.duration_s]
+    return finished
+
+
+def summarize_config_run(config: ModelConfig, replication: int) -> dict[str, float]:
+    """Run one replication through the recursion and return the row the model's would give.
+
+    The keys are those of `simulation.model.run_model_summary`: the summary keys, `warmup_s`
+    and the totals of the ratio estimators, all measured by `simulation.analysis`.
+    """
+    from simulation.analysis import summarize_run
+
+    summary = summarize_run(run_config(config, replication), config.warmup_s)
+    row = dict(summary.metrics)
+    row["warmup_s"] = summary.warmup_s
+    for name in ("offered", "dropped", "lag_sum_s", "lag_count", "e2e_sum_s", "e2e_count"):
+        row[name] = float(summary.total(name))
+    return row

@@ -18,6 +18,7 @@ import json
 import logging
 import random
 from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
@@ -39,6 +40,12 @@ class ExecutionResult:
     status: int | None
     started_s: float
     duration_s: float
+
+
+class Executor(Protocol):
+    """Runs one copy trade to its final outcome; `ExecutionClient` is the real one."""
+
+    async def execute(self, event: Event, config: CachedConfig) -> ExecutionResult: ...
 
 
 def idempotency_key(event_id: str, config_id: str) -> str:
@@ -152,7 +159,7 @@ def build_session(max_connections: int) -> aiohttp.ClientSession:
 
 
 async def run_fanout(
-    client: ExecutionClient, event: Event, configs: list[CachedConfig] | tuple[CachedConfig, ...]
+    client: Executor, event: Event, configs: tuple[CachedConfig, ...]
 ) -> list[ExecutionResult]:
     """Execute every copy trade of one event concurrently; results follow `configs` order."""
     if not configs:

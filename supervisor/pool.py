@@ -25,7 +25,7 @@ from supervisor.clock import Clock
 from supervisor.config_cache import ConfigCache
 from supervisor.dedup import Dedup, DedupUnavailable, LogLimiter
 from supervisor.events import Event
-from supervisor.execution import ExecutionClient, ExecutionResult, run_fanout
+from supervisor.execution import ExecutionResult, Executor, run_fanout
 from supervisor.metrics import Metrics
 from supervisor.timings import TimingsBuffer, UnixTimeBase
 from supervisor.work_queue import QueueClosed, WorkQueue
@@ -51,7 +51,7 @@ class WorkerPool:
         pool_size: int,
         queue: WorkQueue[QueuedEvent],
         cache: ConfigCache,
-        client: ExecutionClient,
+        client: Executor,
         dedup: Dedup,
         metrics: Metrics,
         timings: TimingsBuffer,

@@ -439,17 +439,13 @@ def prometheus_rate(
     if len(values) < 2:
         return result
 
-    steps = np.diff(values)
-    steps = np.where(steps < 0, values[1:], steps)
-    cumulative = np.concatenate(([0.0], np.cumsum(steps)))
-
     first = np.searchsorted(times_ms, eval_ms - window_ms, side="left")
     last = np.searchsorted(times_ms, eval_ms, side="right") - 1
     usable = (last - first) >= 1
     first = first[usable]
     last = last[usable]
 
-    increase = cumulative[last] - cumulative[first]
+    increase = _counter_increase(values, first, last)
     first_value = values[first]
     sampled_s = (times_ms[last] - times_ms[first]) / 1000
     to_start_s = (times_ms[first] - (eval_ms[usable] - window_ms)) / 1000
@@ -468,8 +464,30 @@ def prometheus_rate(
         + np.where(to_start_s < limit_s, to_start_s, spacing_s / 2)
         + np.where(to_end_s < limit_s, to_end_s, spacing_s / 2)
     )
-    result[usable] = increase * (extended_s / sampled_s) / (window_ms / 1000)
+    # The factor is formed before it multiplies the increase, in the order of Prometheus 2.40
+    # and later, so the result is bit-for-bit the server's.
+    factor = (extended_s / sampled_s) / (window_ms / 1000)
+    result[usable] = increase * factor
     return result
+
+
+def _counter_increase(values: FloatArray, first: IntArray, last: IntArray) -> FloatArray:
+    """Compute `values[last] - values[first]` plus the value before each reset in between.
+
+    The float operations follow Prometheus' order (difference first, then each correction in
+    turn), so a ratio that lands exactly on a threshold compares the same way.
+    """
+    increase = values[last] - values[first]
+    is_reset = np.concatenate(([False], values[1:] < values[:-1]))
+    resets_before = np.cumsum(is_reset)
+    has_reset = resets_before[last] - resets_before[first] > 0
+
+    for position in np.flatnonzero(has_reset):
+        start, end = int(first[position]), int(last[position])
+        for index in range(start + 1, end + 1):
+            if is_reset[index]:
+                increase[position] += values[index - 1]
+    return increase
 
 
 def _require_columns(series: pd.DataFrame, columns: Iterable[str]) -> None:

@@ -85,6 +85,10 @@ class TargetError(SmokeError):
     """A target or the execution service did not answer as the interface describes."""
 
 
+class ConfigStoreError(SmokeError):
+    """A write to the config database failed."""
+
+
 class SmokeInterrupted(BaseException):
     """SIGTERM arrived; raised like KeyboardInterrupt so cleanup still runs."""
 
@@ -218,11 +222,18 @@ def build_options(args: argparse.Namespace, environ: dict[str, str] | None = Non
         )
     _require_http_url("--stub-url", stub_url)
 
+    redis_url = args.redis_url or env.get("SUPERVISOR_REDIS_URL") or None
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise SmokeOptionError(
+            f"--redis-url {redis_url.split('@')[-1]!r} is invalid: expected "
+            "redis://host:port/db, rediss:// or unix://"
+        )
+
     return SmokeOptions(
         targets=targets,
         database_url=database_url,
         stub_url=stub_url,
-        redis_url=args.redis_url or env.get("SUPERVISOR_REDIS_URL") or None,
+        redis_url=redis_url,
         dedup_key_prefix=_dedup_key_prefix(args.dedup_key_prefix, env),
         expected_pool_size=_expected_pool_size(args.expected_pool_size, env),
         expected_refresh_ms=_positive_or_none("--expected-refresh-ms", args.expected_refresh_ms),
@@ -379,10 +390,15 @@ class RedisDedupKeys:
         self._prefix = key_prefix
 
     def delete_events(self, event_ids: Sequence[str]) -> int:
+        import redis
+
         keys = [self._prefix + event_id for event_id in event_ids]
         if not keys:
             return 0
-        deleted: int = self._client.delete(*keys)
+        try:
+            deleted: int = self._client.delete(*keys)
+        except redis.RedisError as error:
+            raise SmokeError(f"failed to delete dedup keys in Redis: {error}") from error
         return deleted
 
     def close(self) -> None:
@@ -390,40 +406,65 @@ class RedisDedupKeys:
 
 
 class DbConfigStore:
-    """Config writes through `supervisor.db`, on the database the instances read."""
+    """Config writes through `supervisor.db`, on the database the instances read.
+
+    Database errors become `ConfigStoreError`, so a failed write fails the step, not the run.
+    """
 
     def __init__(self, database_url: str) -> None:
+        import sqlalchemy as sa
+
         from supervisor import db
         from supervisor.settings import mask_url
 
         self._db = db
-        self._engine = db.create_engine_from_url(database_url)
-        if not db.table_exists(self._engine):
+        self._errors = (sa.exc.SQLAlchemyError, db.DatabaseError)
+        shown_url = mask_url(database_url)
+        try:
+            self._engine = db.create_engine_from_url(database_url)
+            has_table = db.table_exists(self._engine)
+        except db.DatabaseUrlError as error:
+            raise SmokeOptionError(f"--database-url is invalid: {error}") from error
+        except sa.exc.SQLAlchemyError as error:
+            raise SmokeOptionError(
+                f"cannot connect to the config database {shown_url}: {error}"
+            ) from error
+        if not has_table:
             self._engine.dispose()
             raise SmokeOptionError(
-                f'the database {mask_url(database_url)} has no "{db.TABLE_NAME}" table; '
-                "point --database-url at the database the instances read"
+                f'the database {shown_url} has no "{db.TABLE_NAME}" table; point '
+                "--database-url at the database the instances read"
             )
 
     def add(self, *, channel: str, user_id: str) -> str:
-        config_id: str = self._db.add_config(self._engine, channel=channel, user_id=user_id)
+        with self._translate_errors("insert a config"):
+            config_id: str = self._db.add_config(self._engine, channel=channel, user_id=user_id)
         return config_id
 
     def disable(self, config_id: str) -> None:
-        self._db.disable_config(self._engine, config_id)
+        with self._translate_errors(f"disable config {config_id}"):
+            self._db.disable_config(self._engine, config_id)
 
     def delete(self, config_ids: Sequence[str]) -> int:
         deleted = 0
         for config_id in config_ids:
-            try:
-                self._db.delete_config(self._engine, config_id)
-            except self._db.ConfigNotFoundError:
-                continue
+            with self._translate_errors(f"delete config {config_id}"):
+                try:
+                    self._db.delete_config(self._engine, config_id)
+                except self._db.ConfigNotFoundError:
+                    continue
             deleted += 1
         return deleted
 
     def close(self) -> None:
         self._engine.dispose()
+
+    @contextmanager
+    def _translate_errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except self._errors as error:
+            raise ConfigStoreError(f"failed to {action} in the config database: {error}") from error
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1114,12 +1155,12 @@ class SmokeRun:
         deleted_configs = deleted_keys = 0
         try:
             deleted_configs = self.store.delete(self.config_ids)
-        except Exception as error:  # a failed cleanup is reported, never raised
+        except SmokeError as error:
             problems.append(f"configs {', '.join(self.config_ids)} may remain: {error}")
         if self.dedup_keys is not None:
             try:
                 deleted_keys = self.dedup_keys.delete_events(self.event_ids)
-            except Exception as error:
+            except SmokeError as error:
                 problems.append(f"dedup keys of {len(self.event_ids)} events may remain: {error}")
 
         detail = (f"deleted {deleted_configs} remaining of {len(self.config_ids)} configs and "
@@ -1141,8 +1182,9 @@ class SmokeRun:
             self.pickup()
             self.disable_and_delete()
             self.dedup()
-        except TargetError as error:
-            self.record("probe", None, Status.FAIL, self.clock.monotonic(), str(error))
+        except SmokeError as error:
+            self.record("steps", None, Status.FAIL, self.clock.monotonic(),
+                        f"the steps stopped early: {error}")
         self.check_metrics()
 
 

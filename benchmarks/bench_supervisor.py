@@ -1,0 +1,691 @@
+"""Supervisor benchmark: ingest capacity, whole-path throughput and added latency on one machine.
+
+The benchmark starts, on loopback only, a zero-latency execution stub, one supervisor instance
+(SQLite configs, the machine's Redis for dedup) and the minimal handler in
+`benchmarks/minimal_handler.py`, then measures:
+
+- ingest capacity, with single-event posts and with batches of 100: events accepted (2xx) per
+  second. The events go to a channel without configs and the queue is large, so workers keep up
+  and no event is dropped. The run notes any event that was dropped.
+- whole-path throughput: events per second that the supervisor finished as `processed`, each on
+  a channel with exactly one config (fan-out 1), so one execution call per event.
+- added latency at a low and at a moderate offered rate: worker start minus receipt, from the
+  supervisor's `/timings` (`started_unix_s - received_unix_s`), and consumer take minus receipt
+  in the minimal handler.
+
+Capacity runs use `wrk` (Debian's package) with a Lua script that gives every event a unique
+`event_id`, because one C thread drives tens of thousands of requests per second on one core and
+leaves the other core to the servers. Latency runs need a paced (open-loop) rate, which `wrk`
+cannot do, so they use an aiohttp client in a separate process that sends each event at its
+scheduled time. Every run is bounded by a duration or a count and a deadline.
+
+Run: `python benchmarks/bench_supervisor.py [--quick] [--write-docs]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DOCS_PATH = REPO_ROOT / "docs" / "benchmarks.md"
+SECTION_TITLE = "## Supervisor"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+NO_CONFIG_CHANNEL = "bench-no-config"
+
+# The same as `supervisor run`, without building the parsers of the other commands.
+SUPERVISOR_ARGV = [sys.executable, "-m", "supervisor.service"]
+
+TARGETS = {
+    "ingest_single_per_s": 3000.0,
+    "ingest_batch_per_s": 15000.0,
+    "whole_path_per_s": 1500.0,
+    "p99_added_latency_ms": 5.0,
+    "single_ingest_ratio": 0.3,
+}
+
+
+@dataclass
+class Figures:
+    """Measured figures of one server; None where a figure does not apply or was not run."""
+
+    name: str
+    ingest_single_per_s: float | None = None
+    ingest_batch_per_s: float | None = None
+    whole_path_per_s: float | None = None
+    latency: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def started(name: str, argv: list[str], env: dict[str, str],
+            log_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server process with its output in `log_dir`, and stop it on exit."""
+    log_file = (log_dir / f"{name}.log").open("wb")
+    process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+                               cwd=REPO_ROOT)
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log_file.close()
+
+
+async def wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Poll `url` until it returns 200; raise when the process exits or after `timeout_s`."""
+    deadline_s = time.monotonic() + timeout_s
+    last_error = "no response"
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline_s:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server for {url} exited with code {process.returncode}")
+            try:
+                async with session.get(url) as response:
+                    if response.status == 200:
+                        return
+                    last_error = f"status {response.status}"
+            except aiohttp.ClientError as error:
+                last_error = str(error)
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"{url} was not ready after {timeout_s} s ({last_error}); see the logs")
+
+
+async def get_json(url: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        response.raise_for_status()
+        return await response.json()
+
+
+async def post_json(url: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.post(url) as response:
+        response.raise_for_status()
+        return await response.json()
+
+
+def delete_redis_keys(prefix: str) -> int:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=5000))
+        for start in range(0, len(keys), 5000):
+            client.delete(*keys[start:start + 5000])
+        return len(keys)
+    finally:
+        client.close()
+
+
+def prepare_configs(database_url: str, channels: int) -> list[str]:
+    """Create the config table and one active, auto-executing config per channel."""
+    from supervisor import db, migrate
+
+    migrate.upgrade(database_url)
+    engine = db.create_engine_from_url(database_url)
+    names = [f"bench-{index}" for index in range(channels)]
+    try:
+        for index, channel in enumerate(names):
+            db.add_config(engine, channel=channel, user_id=f"bench-user-{index}")
+    finally:
+        engine.dispose()
+    return names
+
+
+# --- wrk -------------------------------------------------------------------------------------
+
+_WRK_SCRIPT = """
+local batch = %(batch)d
+local run = "%(run)s"
+local channels = {%(channels)s}
+local counter = 0
+local next_thread = 0
+
+function setup(thread)
+  thread:set("thread_index", next_thread)
+  next_thread = next_thread + 1
+end
+
+function request()
+  local parts = {}
+  for i = 1, batch do
+    counter = counter + 1
+    local channel = channels[(counter %% #channels) + 1]
+    parts[i] = string.format(
+      '{"event_id":"%%s-%%d-%%d","channel":"%%s","symbol":"BTCUSDT","side":"buy","quantity":1.0}',
+      run, thread_index, counter, channel)
+  end
+  local body = parts[1]
+  if batch > 1 then body = '{"events":[' .. table.concat(parts, ",") .. ']}' end
+  return wrk.format("POST", "/events", {["Content-Type"] = "application/json"}, body)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_RESULT {"requests":%%d,"duration_us":%%d,"status_errors":%%d,"connect_errors":%%d,' ..
+    '"read_errors":%%d,"write_errors":%%d,"timeouts":%%d,"p50_us":%%d,"p99_us":%%d}\\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def run_wrk(url: str, *, batch: int, run_id: str, channels: list[str], connections: int,
+            duration_s: float, work_dir: Path) -> dict[str, Any]:
+    """Run wrk for `duration_s` and return its summary plus the 2xx rate in requests/s."""
+    script = work_dir / f"{run_id}.lua"
+    quoted = ",".join(f'"{channel}"' for channel in channels)
+    script.write_text(_WRK_SCRIPT % {"batch": batch, "run": run_id, "channels": quoted})
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{int(duration_s)}s", "--timeout", "5s",
+            "-s", str(script), url + "/events"]
+    completed = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60,
+                               check=True)
+    line = next(ln for ln in completed.stdout.splitlines() if ln.startswith("WRK_RESULT "))
+    result: dict[str, Any] = json.loads(line.removeprefix("WRK_RESULT "))
+    failed = sum(result[key] for key in ("status_errors", "read_errors", "write_errors",
+                                          "timeouts"))
+    result["ok_requests_per_s"] = (result["requests"] - failed) / (result["duration_us"] / 1e6)
+    return result
+
+
+# --- paced load (separate process) -----------------------------------------------------------
+
+
+def paced_load(url: str, run_id: str, channels: list[str], rate_per_s: float,
+               count: int) -> dict[str, Any]:
+    """Send `count` single events at `rate_per_s`, each at its scheduled time; runs in a child."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(_paced_load(url, run_id, channels, rate_per_s, count))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_paced_load(url, run_id, channels, rate_per_s, count))
+
+
+async def _paced_load(url: str, run_id: str, channels: list[str], rate_per_s: float,
+                      count: int) -> dict[str, Any]:
+    statuses: dict[int, int] = {}
+    late_s: list[float] = []
+    deadline_s = time.monotonic() + 2.0 * count / rate_per_s + 10.0
+
+    async def send(session: aiohttp.ClientSession, index: int) -> None:
+        body = {"event_id": f"{run_id}-{index}", "channel": channels[index % len(channels)],
+                "symbol": "BTCUSDT", "side": "buy", "quantity": 1.0}
+        try:
+            async with session.post(url + "/events", json=body) as response:
+                await response.read()
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+        except aiohttp.ClientError:
+            statuses[-1] = statuses.get(-1, 0) + 1
+
+    connector = aiohttp.TCPConnector(limit=256)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        tasks: list[asyncio.Task[None]] = []
+        start_s = time.monotonic()
+        for index in range(count):
+            due_s = start_s + index / rate_per_s
+            now_s = time.monotonic()
+            if now_s > deadline_s:
+                break
+            if due_s > now_s:
+                await asyncio.sleep(due_s - now_s)
+            else:
+                late_s.append(now_s - due_s)
+            tasks.append(asyncio.create_task(send(session, index)))
+        await asyncio.wait_for(asyncio.gather(*tasks), max(1.0, deadline_s - time.monotonic()))
+        elapsed_s = time.monotonic() - start_s
+    return {"sent": len(tasks), "statuses": statuses, "elapsed_s": elapsed_s,
+            "achieved_rate_per_s": len(tasks) / elapsed_s,
+            "late_p99_ms": 1000.0 * _percentile(sorted(late_s), 0.99) if late_s else 0.0}
+
+
+def run_paced(url: str, run_id: str, channels: list[str], rate_per_s: float,
+              count: int) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        async_result = pool.apply_async(paced_load, (url, run_id, channels, rate_per_s, count))
+        result: dict[str, Any] = async_result.get(timeout=2.0 * count / rate_per_s + 60.0)
+    return result
+
+
+def _percentile(ordered: list[float], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+# --- supervisor figures ----------------------------------------------------------------------
+
+
+async def supervisor_stats(base_url: str) -> dict[str, Any]:
+    stats: dict[str, Any] = await get_json(base_url + "/stats")
+    return stats
+
+
+async def wait_idle(base_url: str, timeout_s: float) -> dict[str, Any]:
+    """Wait until the supervisor has no event in flight; return its last stats."""
+    deadline_s = time.monotonic() + timeout_s
+    while True:
+        stats = await supervisor_stats(base_url)
+        if stats["events"]["in_flight"] == 0 or time.monotonic() > deadline_s:
+            return stats
+        await asyncio.sleep(0.2)
+
+
+async def wait_minimal_idle(base_url: str, timeout_s: float) -> None:
+    """Wait until the minimal handler's consumer has drained its queue."""
+    deadline_s = time.monotonic() + timeout_s
+    while (await get_json(base_url + "/stats"))["queue_depth"] > 0:
+        if time.monotonic() > deadline_s:
+            raise RuntimeError(f"the minimal handler's queue did not drain in {timeout_s} s")
+        await asyncio.sleep(0.2)
+
+
+async def supervisor_lags_s(base_url: str, event_prefix: str) -> list[float]:
+    """Page through `/timings` and return worker start minus receipt of matching events."""
+    lags_s: list[float] = []
+    after = 0
+    for _ in range(1000):
+        page = await get_json(f"{base_url}/timings?after={after}&limit=10000")
+        for record in page["events"]:
+            if record["event_id"].startswith(event_prefix) and record["started_unix_s"]:
+                lags_s.append(record["started_unix_s"] - record["received_unix_s"])
+        if not page["events"] or page["next"] == after:
+            break
+        after = page["next"]
+    return lags_s
+
+
+def summarize_lags_ms(lags_s: list[float]) -> dict[str, float | int | None]:
+    if not lags_s:
+        return {"count": 0, "p50_ms": None, "p99_ms": None}
+    ordered = sorted(lags_s)
+    return {"count": len(ordered), "p50_ms": 1000.0 * statistics.median(ordered),
+            "p99_ms": 1000.0 * _percentile(ordered, 0.99)}
+
+
+async def measure_ingest(base_url: str, figures: Figures, options: argparse.Namespace,
+                         run_id: str, work_dir: Path, stats_path: str | None) -> None:
+    for batch in (1, 100):
+        before = await get_json(base_url + stats_path) if stats_path else None
+        result = run_wrk(base_url, batch=batch, run_id=f"{run_id}-ingest{batch}",
+                         channels=[NO_CONFIG_CHANNEL], connections=options.connections,
+                         duration_s=options.duration_s, work_dir=work_dir)
+        events_per_s = result["ok_requests_per_s"] * batch
+        if batch == 1:
+            figures.ingest_single_per_s = events_per_s
+        else:
+            figures.ingest_batch_per_s = events_per_s
+        failed = result["status_errors"] + result["timeouts"]
+        if failed:
+            figures.notes.append(f"batch {batch}: {failed} requests failed or timed out")
+        if stats_path and before is not None:
+            after = await wait_idle(base_url, 60.0)
+            dropped = after["events"]["dropped"] - before["events"]["dropped"]
+            if dropped:
+                figures.notes.append(f"batch {batch}: {dropped} events dropped (queue full)")
+        print(f"  {figures.name} ingest batch={batch}: {events_per_s:,.0f} events/s "
+              f"(p99 request {result['p99_us'] / 1000:.1f} ms)", flush=True)
+
+
+async def measure_whole_path(base_url: str, stub_url: str, figures: Figures,
+                             options: argparse.Namespace, run_id: str, work_dir: Path,
+                             channels: list[str]) -> None:
+    await wait_idle(base_url, 60.0)
+    before = await supervisor_stats(base_url)
+    stub_before = await get_json(stub_url + "/stats")
+    started_s = time.monotonic()
+    run_wrk(base_url, batch=1, run_id=f"{run_id}-path", channels=channels,
+            connections=options.connections, duration_s=options.duration_s, work_dir=work_dir)
+    after = await wait_idle(base_url, 120.0)
+    elapsed_s = time.monotonic() - started_s
+    stub_after = await get_json(stub_url + "/stats")
+
+    processed = after["events"]["processed"] - before["events"]["processed"]
+    executions = stub_after["executions_total"] - stub_before["executions_total"]
+    figures.whole_path_per_s = processed / elapsed_s
+    failed = after["events"]["failed"] - before["events"]["failed"]
+    dropped = after["events"]["dropped"] - before["events"]["dropped"]
+    if failed or dropped:
+        figures.notes.append(f"whole path: {failed} failed and {dropped} dropped events")
+    if executions != processed:
+        figures.notes.append(f"whole path: {processed} processed events but {executions} "
+                             "stub executions")
+    print(f"  supervisor whole path: {figures.whole_path_per_s:,.0f} events/s "
+          f"({processed} events in {elapsed_s:.1f} s until idle)", flush=True)
+
+
+async def measure_latency(base_url: str, figures: Figures, rate_per_s: float, count: int,
+                          run_id: str, channels: list[str], is_supervisor: bool) -> None:
+    event_prefix = f"{run_id}-lat{int(rate_per_s)}"
+    if not is_supervisor:
+        await wait_minimal_idle(base_url, 60.0)
+        await post_json(base_url + "/reset")
+    load = run_paced(base_url, event_prefix, channels, rate_per_s, count)
+    if is_supervisor:
+        await wait_idle(base_url, 60.0)
+        lags = summarize_lags_ms(await supervisor_lags_s(base_url, event_prefix + "-"))
+    else:
+        stats = await get_json(base_url + "/stats")
+        lags = {"count": stats["lag_count"], "p50_ms": 1000.0 * (stats["lag_p50_s"] or 0.0),
+                "p99_ms": 1000.0 * (stats["lag_p99_s"] or 0.0)}
+    entry = {"offered_per_s": rate_per_s, "achieved_per_s": load["achieved_rate_per_s"],
+             "statuses": load["statuses"], "generator_late_p99_ms": load["late_p99_ms"], **lags}
+    figures.latency.append(entry)
+    print(f"  {figures.name} latency at {rate_per_s:,.0f}/s: p50 / p99 {_latency_cell(entry)} ms "
+          f"over {lags['count']} events", flush=True)
+
+
+# --- orchestration ---------------------------------------------------------------------------
+
+
+def supervisor_env(options: argparse.Namespace, *, port: int, stub_port: int, database_url: str,
+                   dedup_prefix: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "SUPERVISOR_HTTP_HOST": "127.0.0.1",
+        "SUPERVISOR_HTTP_PORT": str(port),
+        "SUPERVISOR_DATABASE_URL": database_url,
+        "SUPERVISOR_REDIS_URL": REDIS_URL,
+        "SUPERVISOR_DEDUP_KEY_PREFIX": dedup_prefix,
+        "SUPERVISOR_EXECUTION_URL": f"http://127.0.0.1:{stub_port}",
+        "SUPERVISOR_WORKER_POOL_SIZE": str(options.pool_size),
+        "SUPERVISOR_QUEUE_MAX_SIZE": "1000000",
+        "SUPERVISOR_TIMINGS_BUFFER_SIZE": "200000",
+        "SUPERVISOR_MAX_BATCH_EVENTS": "1000",
+    })
+    return env
+
+
+async def bench_supervisor(options: argparse.Namespace, run_id: str, work_dir: Path,
+                           channels: list[str], database_url: str) -> Figures:
+    figures = Figures("supervisor")
+    port, stub_port = free_port(), free_port()
+    base_url, stub_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{stub_port}"
+    stub_argv = [sys.executable, "-m", "supervisor.stub", "--port", str(stub_port),
+                 "--latency", "fixed", "--latency-ms", "0", "--seed", "1"]
+    env = supervisor_env(options, port=port, stub_port=stub_port, database_url=database_url,
+                         dedup_prefix=f"bench:{run_id}:sup:")
+    with started("stub", stub_argv, dict(os.environ), work_dir) as stub, \
+            started("supervisor", SUPERVISOR_ARGV, env, work_dir) as service:
+        await wait_ready(stub_url + "/healthz", stub, 30.0)
+        await wait_ready(base_url + "/readyz", service, 60.0)
+        cpu_before = (await supervisor_stats(base_url))["process"]["cpu_seconds"]
+
+        await measure_ingest(base_url, figures, options, run_id, work_dir, "/stats")
+        await measure_whole_path(base_url, stub_url, figures, options, run_id, work_dir,
+                                 channels)
+        for rate_per_s in latency_rates(options, figures.whole_path_per_s):
+            await measure_latency(base_url, figures, rate_per_s, options.latency_events,
+                                  run_id, channels, is_supervisor=True)
+
+        cpu_after = (await supervisor_stats(base_url))["process"]["cpu_seconds"]
+        figures.notes.append(f"supervisor CPU over all runs: {cpu_after - cpu_before:.1f} s")
+    return figures
+
+
+async def bench_minimal(options: argparse.Namespace, run_id: str, work_dir: Path,
+                        channels: list[str], latency_rates_per_s: list[float]) -> Figures:
+    figures = Figures("minimal handler")
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, str(REPO_ROOT / "benchmarks" / "minimal_handler.py"),
+            "--port", str(port), "--redis-url", REDIS_URL,
+            "--key-prefix", f"bench:{run_id}:min:"]
+    with started("minimal_handler", argv, dict(os.environ), work_dir) as handler:
+        await wait_ready(base_url + "/healthz", handler, 30.0)
+        await measure_ingest(base_url, figures, options, f"{run_id}m", work_dir, None)
+        for rate_per_s in latency_rates_per_s:
+            await measure_latency(base_url, figures, rate_per_s, options.latency_events,
+                                  f"{run_id}m", channels, is_supervisor=False)
+    return figures
+
+
+def latency_rates(options: argparse.Namespace, capacity_per_s: float | None) -> list[float]:
+    """Return the low rate and, when capacity is known, 60% of it (capped by the option)."""
+    rates = [options.low_rate_per_s]
+    if capacity_per_s:
+        rates.append(min(options.max_paced_rate_per_s, round(0.6 * capacity_per_s, -1)))
+    return rates
+
+
+def machine_description() -> dict[str, str]:
+    cpu_model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    load = os.getloadavg()
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu_model,
+        "python": platform.python_version(),
+        "load_before": f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        "wrk": subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+        .stdout.splitlines()[0].split(" [")[0] if shutil.which("wrk") else "not installed",
+    }
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def _verdict(passed: bool | None) -> str:
+    if passed is None:
+        return "n/a"
+    return "met" if passed else "missed"
+
+
+def result_rows(supervisor: Figures, minimal: Figures | None) -> list[list[str]]:
+    """Build the table rows: figure, target, supervisor, minimal handler, verdict."""
+    rows: list[list[str]] = []
+    for label, attribute, target in (
+        ("ingest, single events (events/s)", "ingest_single_per_s", "ingest_single_per_s"),
+        ("ingest, batches of 100 (events/s)", "ingest_batch_per_s", "ingest_batch_per_s"),
+        ("whole path, fan-out 1 (events/s)", "whole_path_per_s", "whole_path_per_s"),
+    ):
+        value = getattr(supervisor, attribute)
+        ceiling = getattr(minimal, attribute) if minimal else None
+        passed = None if value is None else value >= TARGETS[target]
+        rows.append([label, f">= {TARGETS[target]:,.0f}", _rate(value), _rate(ceiling),
+                     _verdict(passed)])
+
+    for index, entry in enumerate(supervisor.latency):
+        ceiling_entry = minimal.latency[index] if minimal and index < len(minimal.latency) else None
+        p99 = entry["p99_ms"]
+        rows.append([
+            f"added latency p50 / p99 at {entry['offered_per_s']:,.0f} events/s (ms)",
+            f"p99 < {TARGETS['p99_added_latency_ms']:.0f}",
+            _latency_cell(entry),
+            _latency_cell(ceiling_entry) if ceiling_entry else "n/a",
+            _verdict(None if p99 is None else p99 < TARGETS["p99_added_latency_ms"]),
+        ])
+
+    ratio = None
+    if minimal and supervisor.ingest_single_per_s and minimal.ingest_single_per_s:
+        ratio = supervisor.ingest_single_per_s / minimal.ingest_single_per_s
+    rows.append(["single-event ingest / minimal handler", f">= {TARGETS['single_ingest_ratio']}",
+                 "n/a" if ratio is None else f"{ratio:.2f}", "1",
+                 _verdict(None if ratio is None else ratio >= TARGETS["single_ingest_ratio"])])
+    return rows
+
+
+def _latency_cell(entry: dict[str, Any] | None) -> str:
+    if entry is None or entry["p50_ms"] is None:
+        return "n/a"
+    return f"{entry['p50_ms']:.2f} / {entry['p99_ms']:.2f}"
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    header = ["figure", "target", "supervisor", "minimal handler", "verdict"]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def section_text(machine: dict[str, str], options: argparse.Namespace, table: str,
+                 notes: list[str]) -> str:
+    settings = (f"pool size {options.pool_size}, queue capacity 1,000,000, {options.connections} "
+                f"wrk connections, {options.duration_s:.0f} s per capacity run, "
+                f"{options.latency_events} events per latency run")
+    lines = [
+        SECTION_TITLE,
+        "",
+        "Produced by `python benchmarks/bench_supervisor.py --write-docs`; see "
+        "`benchmarks/README.md` for what each figure measures.",
+        "",
+        f"- date: {machine['date']}",
+        f"- machine: {machine['nproc']} CPUs, {machine['cpu']}; Python {machine['python']}; "
+        f"{machine['wrk']}",
+        f"- load average before the run: {machine['load_before']} (other work shared the CPUs)",
+        f"- settings: {settings}",
+        "- load generator, Redis, the zero-latency stub and the server under test share the "
+        "machine",
+        "",
+        table,
+        "",
+    ]
+    if notes:
+        lines += ["Notes:", ""] + [f"- {note}" for note in notes] + [""]
+    return "\n".join(lines)
+
+
+def write_section(section: str) -> None:
+    """Replace the Supervisor section of docs/benchmarks.md, leaving other sections untouched."""
+    if DOCS_PATH.exists():
+        text = DOCS_PATH.read_text()
+    else:
+        text = ("# Benchmarks\n\nMeasured results of the benchmarks in `benchmarks/`, one "
+                "section per part, each with the machine and conditions of its run.\n\n")
+    start = text.find(SECTION_TITLE + "\n")
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(SECTION_TITLE))
+        tail = "" if end < 0 else text[end + 1:]
+        text = text[:start] + section + ("\n" + tail if tail else "")
+    DOCS_PATH.write_text(text.rstrip("\n") + "\n")
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def parse_options(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="2 s capacity runs and 400 events per latency run")
+    parser.add_argument("--duration-s", type=float, default=8.0, help="length of each wrk run")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections")
+    parser.add_argument("--pool-size", type=int, default=32, help="supervisor worker pool size")
+    parser.add_argument("--channels", type=int, default=100,
+                        help="channels with one config each for the whole-path run")
+    parser.add_argument("--latency-events", type=int, default=2000,
+                        help="events sent per latency run")
+    parser.add_argument("--low-rate-per-s", type=float, default=200.0,
+                        help="offered rate of the low-load latency run")
+    parser.add_argument("--max-paced-rate-per-s", type=float, default=2000.0,
+                        help="cap on the moderate-load latency rate")
+    parser.add_argument("--skip-minimal", action="store_true",
+                        help="do not measure the minimal handler")
+    parser.add_argument("--write-docs", action="store_true",
+                        help="write the results into the Supervisor section of docs/benchmarks.md")
+    options = parser.parse_args(argv)
+    if options.quick:
+        options.duration_s = 2.0
+        options.latency_events = 400
+    return options
+
+
+async def run(options: argparse.Namespace) -> int:
+    if shutil.which("wrk") is None:
+        print("bench_supervisor: wrk is not installed; install it with `apt-get install -y wrk`",
+              file=sys.stderr)
+        return 2
+    machine = machine_description()
+    run_id = uuid.uuid4().hex[:8]
+    print(f"Benchmark run {run_id} on {machine['nproc']} CPUs ({machine['cpu']}), "
+          f"load {machine['load_before']}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="bench-supervisor-") as tmp:
+        work_dir = Path(tmp)
+        database_url = f"sqlite:///{work_dir / 'configs.db'}"
+        channels = prepare_configs(database_url, options.channels)
+        try:
+            supervisor = await bench_supervisor(options, run_id, work_dir, channels, database_url)
+            minimal = None
+            if not options.skip_minimal:
+                rates = [entry["offered_per_s"] for entry in supervisor.latency]
+                minimal = await bench_minimal(options, run_id, work_dir, channels, rates)
+        except (RuntimeError, subprocess.SubprocessError, aiohttp.ClientError) as error:
+            print(f"bench_supervisor: run failed: {error}", file=sys.stderr)
+            for log in sorted(work_dir.glob("*.log")):
+                print(f"--- {log.name} (last lines)\n" + "\n".join(
+                    log.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr)
+            return 1
+        finally:
+            deleted = delete_redis_keys(f"bench:{run_id}:")
+            print(f"Deleted {deleted} Redis keys of this run", flush=True)
+
+    notes = [f"supervisor: {note}" for note in supervisor.notes]
+    if minimal:
+        notes += [f"minimal handler: {note}" for note in minimal.notes]
+    for figures in (supervisor, minimal):
+        for entry in figures.latency if figures else []:
+            notes.append(f"{figures.name if figures else ''} latency run at "
+                         f"{entry['offered_per_s']:,.0f}/s achieved "
+                         f"{entry['achieved_per_s']:,.0f}/s, statuses {entry['statuses']}")
+    table = markdown_table(result_rows(supervisor, minimal))
+    print("\n" + table + "\n")
+    for note in notes:
+        print(f"- {note}")
+    if options.write_docs:
+        write_section(section_text(machine, options, table, notes))
+        print(f"Wrote the Supervisor section of {DOCS_PATH}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return asyncio.run(run(parse_options(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

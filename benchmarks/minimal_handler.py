@@ -1,0 +1,192 @@
+"""The ceiling for the supervisor benchmark: the least work an ingest endpoint can do.
+
+`POST /events` parses the JSON body (one event or `{"events": [...]}`), claims each `event_id`
+in Redis with `SET key 1 NX PX ttl`, and puts each claimed event into an `asyncio.Queue` that a
+trivial consumer drains. There is no validation beyond `event_id`, no sharding, metrics,
+fan-out or execution call. Its rate on a machine estimates the ceiling for the supervisor's
+ingest there. It is not a strict bound, because the supervisor may batch its Redis calls
+differently. The consumer's take time minus the receipt time estimates the least added latency
+of an event loop with Redis in the path.
+
+Run: `python benchmarks/minimal_handler.py --port 8191 --key-prefix bench:minimal:`.
+`GET /stats` returns the counters and the lag percentiles, and `POST /reset` clears them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+logger = logging.getLogger("minimal_handler")
+
+_MAX_LAG_SAMPLES = 200_000
+
+
+@dataclass
+class Counters:
+    """Counters since start or the last reset, and lags in seconds from receipt to consumer take."""
+
+    received: int = 0
+    claimed: int = 0
+    duplicate: int = 0
+    dropped: int = 0
+    consumed: int = 0
+    lags_s: deque[float] = field(default_factory=lambda: deque(maxlen=_MAX_LAG_SAMPLES))
+
+    def snapshot(self) -> dict[str, Any]:
+        ordered = sorted(self.lags_s)
+        return {
+            "received": self.received,
+            "claimed": self.claimed,
+            "duplicate": self.duplicate,
+            "dropped": self.dropped,
+            "consumed": self.consumed,
+            "lag_count": len(ordered),
+            "lag_p50_s": _percentile(ordered, 0.50),
+            "lag_p99_s": _percentile(ordered, 0.99),
+            "cpu_seconds": time.process_time(),
+        }
+
+
+def _percentile(ordered: list[float], fraction: float) -> float | None:
+    if not ordered:
+        return None
+    index = min(len(ordered) - 1, int(fraction * len(ordered)))
+    return ordered[index]
+
+
+class MinimalIngest:
+    """Claim-and-enqueue ingest with one consumer task."""
+
+    def __init__(self, redis: aioredis.Redis, key_prefix: str, claim_ttl_ms: int,
+                 queue_max_size: int) -> None:
+        self.redis = redis
+        self.key_prefix = key_prefix
+        self.claim_ttl_ms = claim_ttl_ms
+        self.queue: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue(queue_max_size)
+        self.counters = Counters()
+
+    async def claim(self, event_ids: list[str]) -> list[bool]:
+        if len(event_ids) == 1:
+            claimed = await self.redis.set(
+                self.key_prefix + event_ids[0], "1", nx=True, px=self.claim_ttl_ms
+            )
+            return [bool(claimed)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for event_id in event_ids:
+                pipe.set(self.key_prefix + event_id, "1", nx=True, px=self.claim_ttl_ms)
+            results = await pipe.execute()
+        return [bool(result) for result in results]
+
+    async def handle_events(self, request: web.Request) -> web.Response:
+        received_s = time.monotonic()
+        try:
+            body = json.loads(await request.read())
+            events = body["events"] if isinstance(body, dict) and "events" in body else [body]
+            event_ids = [str(event["event_id"]) for event in events]
+        except (ValueError, KeyError, TypeError) as error:
+            return web.json_response({"error": f"invalid event body: {error}"}, status=400)
+
+        self.counters.received += len(events)
+        claims = await self.claim(event_ids)
+        for event, claimed in zip(events, claims, strict=True):
+            self._enqueue(received_s, event, claimed)
+        return web.json_response({"accepted": sum(claims)}, status=202)
+
+    def _enqueue(self, received_s: float, event: dict[str, Any], claimed: bool) -> None:
+        if not claimed:
+            self.counters.duplicate += 1
+            return
+        self.counters.claimed += 1
+        try:
+            self.queue.put_nowait((received_s, event))
+        except asyncio.QueueFull:
+            self.counters.dropped += 1
+
+    async def consume(self) -> None:
+        while True:
+            received_s, _ = await self.queue.get()
+            self.counters.lags_s.append(time.monotonic() - received_s)
+            self.counters.consumed += 1
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        return web.json_response({**self.counters.snapshot(), "queue_depth": self.queue.qsize()})
+
+    async def handle_reset(self, request: web.Request) -> web.Response:
+        self.counters = Counters()
+        return web.json_response({"status": "reset"})
+
+    async def handle_healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+
+async def serve(args: argparse.Namespace) -> None:
+    pool = aioredis.BlockingConnectionPool.from_url(
+        args.redis_url, max_connections=args.redis_connections
+    )
+    redis = aioredis.Redis(connection_pool=pool)
+    await redis.ping()
+    ingest = MinimalIngest(redis, args.key_prefix, args.claim_ttl_ms, args.queue_max_size)
+    app = web.Application()
+    app.router.add_post("/events", ingest.handle_events)
+    app.router.add_get("/stats", ingest.handle_stats)
+    app.router.add_post("/reset", ingest.handle_reset)
+    app.router.add_get("/healthz", ingest.handle_healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port).start()
+    consumer = asyncio.create_task(ingest.consume())
+    logger.info("Minimal handler listening on http://%s:%d", args.host, args.port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        consumer.cancel()
+        await runner.cleanup()
+        await redis.aclose()
+        logger.info("Minimal handler stopped: %s", json.dumps(ingest.counters.snapshot()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8191)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--redis-connections", type=int, default=64,
+                        help="size of the Redis connection pool")
+    parser.add_argument("--key-prefix", default="bench:minimal:",
+                        help="prefix of the claim keys; the benchmark deletes its keys afterwards")
+    parser.add_argument("--claim-ttl-ms", type=int, default=60_000)
+    parser.add_argument("--queue-max-size", type=int, default=1_000_000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(args))
+    else:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

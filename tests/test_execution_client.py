@@ -56,7 +56,9 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client_session
 
 
-def make_client(session: aiohttp.ClientSession, url: str, timeout_ms: int = 2000) -> ExecutionClient:
+def make_client(
+    session: aiohttp.ClientSession, url: str, timeout_ms: int = 2000
+) -> ExecutionClient:
     return ExecutionClient(
         session, url, FakeClock(), random.Random(1),
         timeout_ms=timeout_ms, max_attempts=3, backoff_ms=0,

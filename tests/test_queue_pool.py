@@ -77,7 +77,8 @@ class Harness:
 def make_harness(pool_size: int = 2, capacity: int = 10) -> Harness:
     clock = FakeClock()
     cache = ConfigCache()
-    cache.replace_all([row("c1", "alpha"), row("c2", "alpha"), row("c3", "alpha"), row("b1", "beta")])
+    rows = [row("c1", "alpha"), row("c2", "alpha"), row("c3", "alpha"), row("b1", "beta")]
+    cache.replace_all(rows)
     queue: WorkQueue[QueuedEvent] = WorkQueue(capacity, clock)
     metrics = Metrics(clock, pool_size=pool_size, queue_capacity=capacity)
     dedup = MemoryDedup(clock, instance_id="me", claim_ttl_ms=10_000, done_ttl_ms=60_000)

@@ -1,0 +1,154 @@
+"""Redis dedup against the real Redis: shared claims, done TTL, release, outage, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import pytest
+import redis.asyncio as aioredis
+from conftest import free_port
+
+from supervisor.clock import SystemClock
+from supervisor.dedup import DedupUnavailable, RedisDedup
+
+pytestmark = pytest.mark.integration
+
+
+def make_dedup(url: str, prefix: str, instance_id: str, done_ttl_ms: int = 60_000) -> RedisDedup:
+    return RedisDedup.from_url(
+        url, SystemClock(), instance_id=instance_id, key_prefix=prefix,
+        claim_ttl_ms=30_000, done_ttl_ms=done_ttl_ms,
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def raw(redis_server_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+async def test_claim_is_shared_between_instances(redis_server_url, redis_key_prefix, raw) -> None:
+    first = make_dedup(redis_server_url, redis_key_prefix, "a")
+    second = make_dedup(redis_server_url, redis_key_prefix, "b")
+    try:
+        assert await first.claim_many(["e1", "e2"]) == [True, True]
+        assert await second.claim_many(["e1", "e3", "e3"]) == [False, True, False]
+        assert await raw.get(redis_key_prefix + "e1") == "a"
+        assert 0 < await raw.pttl(redis_key_prefix + "e1") <= 30_000
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_done_mark_sets_dedup_ttl(redis_server_url, redis_key_prefix, raw) -> None:
+    dedup = make_dedup(redis_server_url, redis_key_prefix, "a", done_ttl_ms=120_000)
+    try:
+        await dedup.claim_many(["e1"])
+        await dedup.mark_done("e1")
+
+        assert await raw.get(redis_key_prefix + "e1") == "done"
+        assert 30_000 < await raw.pttl(redis_key_prefix + "e1") <= 120_000
+    finally:
+        await dedup.close()
+
+
+async def test_only_the_owner_marks_done_or_releases(
+    redis_server_url, redis_key_prefix, raw
+) -> None:
+    owner = make_dedup(redis_server_url, redis_key_prefix, "a")
+    other = make_dedup(redis_server_url, redis_key_prefix, "b")
+    try:
+        await owner.claim_many(["e1"])
+        await other.mark_done("e1")
+        await other.release("e1")
+        assert await raw.get(redis_key_prefix + "e1") == "a"
+
+        await owner.release("e1")
+        assert await raw.get(redis_key_prefix + "e1") is None
+        assert await other.claim_many(["e1"]) == [True]
+    finally:
+        await owner.close()
+        await other.close()
+
+
+async def test_concurrent_claims_share_one_pipeline(redis_server_url, redis_key_prefix) -> None:
+    dedup = make_dedup(redis_server_url, redis_key_prefix, "a")
+    try:
+        results = await asyncio.gather(*(dedup.claim_many([f"e{i % 50}"]) for i in range(100)))
+
+        assert sum(r[0] for r in results) == 50
+    finally:
+        await dedup.close()
+
+
+async def test_closed_port_raises_unavailable(redis_key_prefix) -> None:
+    dedup = make_dedup(f"redis://127.0.0.1:{free_port()}/0", redis_key_prefix, "a")
+    try:
+        with pytest.raises(DedupUnavailable):
+            await dedup.claim_many(["e1"])
+        assert not dedup.available
+        assert not await dedup.ping()
+    finally:
+        await dedup.close()
+
+
+class TcpProxy:
+    """A loopback TCP proxy to Redis that the test can stop and start to fake an outage."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+        self._writers.update({writer, upstream_writer})
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+        self._writers.difference_update({writer, upstream_writer})
+
+
+async def test_recovers_when_redis_returns(redis_server_url, redis_key_prefix) -> None:
+    target = urlsplit(redis_server_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    await proxy.start()
+    dedup = make_dedup(f"redis://127.0.0.1:{proxy.port}/0", redis_key_prefix, "a")
+    try:
+        assert await dedup.claim_many(["before"]) == [True]
+
+        await proxy.stop()
+        with pytest.raises(DedupUnavailable):
+            await dedup.claim_many(["during"])
+        assert not await dedup.ping()
+
+        await proxy.start()
+        assert await dedup.ping()
+        assert dedup.available
+        assert await dedup.claim_many(["during", "before"]) == [True, False]
+    finally:
+        await dedup.close()
+        with contextlib.suppress(AssertionError):
+            await proxy.stop()

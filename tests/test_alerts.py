@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import pytest
 
@@ -37,11 +37,11 @@ def make_series(
     target: str = "model",
     scrape_s: float = SCRAPE_S,
     start_s: float = 0.0,
-    **columns: Sequence[float] | float,
+    **columns: npt.ArrayLike,
 ) -> pd.DataFrame:
     """Build a sampled series of `steps` scrapes; unnamed columns get quiet defaults."""
     t_s = np.arange(steps) * scrape_s
-    defaults: dict[str, Sequence[float] | float] = {
+    defaults: dict[str, npt.ArrayLike] = {
         "queue_depth": 0.0,
         "queue_capacity": 1000.0,
         "lag_sum_s": np.arange(steps) * 0.1,

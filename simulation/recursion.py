@@ -21,6 +21,7 @@ no worker is idle while an event waits.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections import deque
@@ -262,6 +263,14 @@ def run_config(config: ModelConfig, replication: int) -> RunRecords:
     end_s[queued] = np.where(trace.end_s < config.duration_s, trace.end_s, np.nan)
     dropped[queued] = trace.dropped
 
+    # The per-event service fields (executions, errors, attempts, ...) are copied by name from
+    # the model's EventService, as the model does, so the records keep up with both.
+    service_fields = {
+        item.name: getattr(service, item.name)
+        for item in dataclasses.fields(EventRecords)
+        if hasattr(service, item.name)
+    }
+    service_fields["failed"] = service.failed & ~np.isnan(end_s)
     events = EventRecords(
         arrival_s=inputs.arrival_s,
         enqueue_s=inputs.arrival_s.copy(),
@@ -269,9 +278,7 @@ def run_config(config: ModelConfig, replication: int) -> RunRecords:
         end_s=end_s,
         dropped=dropped,
         duplicate=inputs.duplicate,
-        failed=service.failed & ~np.isnan(end_s),
-        executions=service.executions,
-        execution_errors=service.execution_errors,
+        **service_fields,
     )
     return RunRecords(
         events=events,

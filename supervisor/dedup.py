@@ -13,7 +13,7 @@ An event's life in dedup has three steps:
 Operations issued in the same event-loop iteration are sent to Redis as one pipeline, so a
 batch post, and many concurrent single posts, cost one round trip. When Redis cannot be
 reached every operation raises `DedupUnavailable`; callers fail closed (see docs/service.md).
-The client reconnects by itself, so dedup recovers as soon as Redis answers again.
+The client reconnects by itself, so dedup recovers as soon as Redis responds again.
 
 Without Redis, `MemoryDedup` keeps the same three steps in a dict with expiry on the injected
 clock. It is correct for one instance only.
@@ -60,7 +60,7 @@ class DedupUnavailable(Exception):
 
 
 class Dedup(Protocol):
-    """What the ingest path and the workers need from a dedup store."""
+    """Dedup store interface used by the ingest path and the workers."""
 
     backend: str
 
@@ -125,8 +125,8 @@ class MemoryDedup:
         return entry[0]
 
     def _sweep(self, now: float) -> None:
-        # NOTE: stops at the first live entry; an expired entry behind it is still found
-        # expired on lookup, it only takes memory until the sweep reaches it.
+        # NOTE: the sweep stops at the first live entry. An expired entry behind it is still
+        # treated as expired on lookup, so it only takes memory until the sweep reaches it.
         while self._entries:
             event_id, (_, expires_at) = next(iter(self._entries.items()))
             if expires_at > now:

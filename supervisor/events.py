@@ -2,7 +2,7 @@
 
 A request body is either one event object or a batch `{"events": [...]}`. Validation checks
 each field on its own and raises `EventValidationError` naming the first bad field and the
-reason, so a 400 answer tells the sender exactly what to fix. Unknown fields are ignored, so a
+reason, so a 400 response tells the sender exactly what to fix. Unknown fields are ignored, so a
 source may send more than the supervisor reads.
 """
 

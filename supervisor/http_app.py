@@ -3,7 +3,7 @@
 `POST /events` takes one event or a batch `{"events": [...]}` and runs the ingest half of the
 data flow for each: validate, shard filter, dedup claim, then offer to the bounded queue. Every
 event gets exactly one first state, counted in `Metrics` in the same synchronous step that
-decides it. docs/service.md lists the answers and their status codes.
+decides it. docs/service.md lists the responses and their status codes.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _constant(status: int, payload: dict[str, Any]) -> tuple[int, bytes]:
     return status, json.dumps(payload).encode()
 
 
-# Answers to single events, encoded once because they are sent thousands of times a second.
+# Responses to single events, encoded once because they are sent thousands of times a second.
 ACCEPTED = _constant(202, {"status": "accepted"})
 DUPLICATE = _constant(200, {"status": "duplicate"})
 NOT_OWNED = _constant(200, {"status": "not_owned"})
@@ -144,7 +144,7 @@ class Ingest:
         return False
 
     async def single(self, data: Any, received_s: float) -> web.Response:
-        """Run one event through ingest and answer for it."""
+        """Run one event through ingest and build its response."""
         try:
             event = parse_event(data)
         except EventValidationError as error:
@@ -178,7 +178,7 @@ class Ingest:
         return _respond(ACCEPTED if self._offer(event, received_s) else QUEUE_FULL)
 
     async def batch(self, items: list[Any], received_s: float) -> web.Response:
-        """Run a batch through ingest with one dedup round trip; answer per event, in order."""
+        """Run a batch through ingest with one dedup round trip; one result per event, in order."""
         results: list[dict[str, Any]] = [{} for _ in items]
         owned: list[tuple[int, Event]] = []
         draining = self._rt.state.draining

@@ -1,7 +1,7 @@
 """`supervisor run`: one supervisor instance, from start to graceful stop.
 
 Start: read and log the settings (secrets masked), build the components, serve HTTP at once
-(so `/healthz` answers and events can queue), run the first full config refresh, then start
+(so `/healthz` responds and events can queue), run the first full config refresh, then start
 the worker pool and report ready. Until the first full refresh succeeds the workers stay
 stopped, because an event fanned out over an empty cache would be marked processed with no
 copy trades.

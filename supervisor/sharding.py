@@ -3,7 +3,7 @@
 A channel maps to a shard by jump consistent hash (Lamping and Veach, "A Fast, Minimal Memory,
 Consistent Hash Algorithm", 2014) over a stable 64-bit key: the first 8 bytes of the BLAKE2b
 digest of the channel name in UTF-8. Python's built-in `hash()` is salted per process, so it
-would give each instance a different answer. Jump hash keeps the mapping stable across
+would give each instance a different result. Jump hash keeps the mapping stable across
 processes and hosts, and when the shard count grows from n to n+1 only about 1/(n+1) of the
 channels move, all of them to the new shard.
 

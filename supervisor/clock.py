@@ -90,7 +90,7 @@ class FakeClock:
     async def advance(self, seconds: float) -> None:
         """Move the clock forward by `seconds`, waking due sleepers in deadline order.
 
-        Before each wake the clock is set to that sleeper's deadline; after it, the event loop
+        Before each wake the clock is set to that sleeper's deadline. After it, the event loop
         runs once so the woken coroutine can proceed to its next await.
         """
         if seconds < 0:

@@ -2,8 +2,8 @@
 
 The cache maps a channel to a tuple of `CachedConfig`, holding only configs that are active
 (`isActive`) and auto-executing (`autoExecute`). Workers read it on every event, so a read is
-one dict lookup that returns an immutable tuple; updates build new tuples and swap them in, so a
-reader never sees a half-updated channel. Only the refresh loop writes to the cache, and it does
+one dict lookup that returns an immutable tuple. Updates build new tuples and swap them in, so
+a reader never sees a half-updated channel. Only the refresh loop writes to the cache, and it does
 so on the event loop thread.
 """
 

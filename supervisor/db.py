@@ -315,7 +315,7 @@ def list_configs(engine: sa.Engine, *, channel: str | None = None) -> list[Confi
 
 @dataclass(frozen=True)
 class SeedSummary:
-    """What `seed_configs` inserted: configs per channel, most popular channel first."""
+    """Counts of one `seed_configs` call, with configs per channel in channel order."""
 
     configs: int
     channels: int
@@ -357,7 +357,7 @@ def seed_configs(
     """Insert `n` active, auto-executing configs over `channels` channels named PREFIX0, ...
 
     Channel popularity follows `zipf_channel_counts` with a generator seeded by `seed`, so
-    the counts per channel repeat for the same arguments; the ids are fresh each time.
+    the counts per channel repeat for the same arguments. The ids are fresh each time.
     """
     counts = zipf_channel_counts(n, channels, zipf_s, random.Random(seed))
     stamp = now or utc_now_ms()

@@ -89,7 +89,7 @@ def run_preflight(
 
 
 def check_settings(environ: Mapping[str, str]) -> CheckResult:
-    """Check that every `SUPERVISOR_*` variable holds a valid value."""
+    """Check that every `SUPERVISOR_*` variable contains a valid value."""
     try:
         Settings.from_env(environ)
     except SettingsError as error:
@@ -160,7 +160,7 @@ def check_refresh_intervals(environ: Mapping[str, str]) -> CheckResult:
 
 
 def check_database(database_url: str) -> list[CheckResult]:
-    """Check that the database answers, has the refresh index and, when Prisma manages it,
+    """Check that the database responds, has the refresh index and, when Prisma manages it,
     has finished the Prisma migration that adds the index."""
     import sqlalchemy as sa
 
@@ -281,7 +281,7 @@ def _check_prisma_migration(conn: sa.Connection) -> CheckResult:
 
 
 def check_redis(redis_url: str | None) -> CheckResult:
-    """Check that Redis answers PING; without a URL, warn that dedup is not shared."""
+    """Check that Redis replies to PING; without a URL, warn that dedup is not shared."""
     if not redis_url:
         return CheckResult(
             "redis",

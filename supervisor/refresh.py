@@ -53,16 +53,16 @@ class ConfigSnapshot:
 
 
 class ConfigSource(Protocol):
-    """Where the refresh loop reads configs from."""
+    """The source the refresh loop reads configs from."""
 
     async def fetch_changed_since(
         self, since: datetime | None, after_id: str | None, limit: int
     ) -> Sequence[ConfigRow]:
         """Return up to `limit` rows, whatever their flags, ordered by (`updatedAt`, `id`).
 
-        With `after_id` None the rows have `updatedAt >= since` (every row when `since` is
-        None); otherwise they come after (`since`, `after_id`) in that order, which is how the
-        next page continues from the last row of the previous one.
+        With `after_id` None, the rows have `updatedAt >= since`, or are every row when `since`
+        is None. Otherwise they are the rows after (`since`, `after_id`) in that order, which
+        is how a page continues from the last row of the previous one.
         """
         ...
 
@@ -135,7 +135,8 @@ class SqlConfigSource:
                     # One snapshot for every page and the max, so the watermark matches the rows.
                     conn = conn.execution_options(isolation_level="REPEATABLE READ")
                 # NOTE: pysqlite starts no transaction for a SELECT, so on SQLite the pages
-                # are separate reads; a row changed between them is caught by the overlap.
+                # are separate reads. The next incremental refresh catches a row changed
+                # between them, because its new "updatedAt" is past the watermark.
                 with conn.begin():
                     return self._read_snapshot(conn)
         except sa.exc.SQLAlchemyError as error:

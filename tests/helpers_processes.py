@@ -54,7 +54,7 @@ def http_json(url: str, data: Any = None, timeout_s: float = 5.0) -> tuple[int, 
 
 
 def wait_until(url: str, process: RunningProcess, timeout_s: float = START_TIMEOUT_S) -> None:
-    """Poll `url` until it answers 200; raise with the process log if it exits or times out."""
+    """Poll `url` until it returns 200; raise with the process log if it exits or times out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.process.poll() is not None:

@@ -1,4 +1,4 @@
-"""Execution client against a local aiohttp server that answers from a script."""
+"""Execution client against a local aiohttp server that responds from a script."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ CONFIG = CachedConfig("cfg_1", "u-7", "alpha", "multiplier", None, 0.5, None)
 
 
 class ScriptedService:
-    """Answers each call with the next status of `statuses`; `hang` never answers."""
+    """Responds to each call with the next status of `statuses`; `hang` never responds."""
 
     def __init__(self) -> None:
         self.statuses: list[int | str] = []

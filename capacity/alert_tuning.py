@@ -5,10 +5,10 @@
 `render_rules(default_thresholds())`), and `rules_from_thresholds` into the `AlertRule`s that
 `simulation.alerts` evaluates, so the file and the evaluator cannot drift apart.
 
-Tuning works on sampled series only, from the model or from load-test runs:
-`false_alarms_per_week` counts firings under normal load, `detection_times` measures how long
-each candidate takes to fire after an overload starts, and `propose_thresholds` picks per alert
-the fastest candidate whose false alarm rate is within a target.
+Tuning works on sampled series only, from the model or from load-test runs.
+`false_alarms_per_week` counts firings under normal load, and `detection_times` measures how
+long each candidate takes to fire after an overload starts. `propose_thresholds` then picks per
+alert the fastest candidate whose false alarm rate is within a target.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ class AlertThresholds:
         return self.full_refresh_stale_factor * self.full_refresh_interval_ms / 1000
 
     def as_dict(self) -> dict[str, Any]:
-        """The fields, for `recommendation.json`."""
+        """Return the fields as a dict, for `recommendation.json`."""
         return asdict(self)
 
 
@@ -507,7 +507,7 @@ def propose_thresholds(
     Candidates must stay within `max_false_alarms_per_week` (counting firings before an
     overload start too). Among those, the smallest worst-case time to detect wins, then fewer
     false alarms, then the higher threshold and longer `for:` (less sensitive at equal speed).
-    When no candidate qualifies, the row holds the best available one and `status` says which
+    When no candidate qualifies, the row contains the best available one and `status` says which
     requirement failed. One row per alert name with the candidate columns,
     `false_alarms_per_week`, `runs_detected`, `runs`, `worst_time_to_detect_s`,
     `mean_time_to_detect_s` and `status`.

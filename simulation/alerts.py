@@ -1,23 +1,23 @@
 """Alert evaluation over a sampled series, with the semantics of Prometheus alerting rules.
 
-A sampled series (columns as in docs/interfaces.md, "Sampled series") holds one row per scrape
-and per target, from the model or from a load-test run. `evaluate_rules` replays the supervisor's
-alerting rules over it the way Prometheus would:
+A sampled series (columns as in docs/interfaces.md, "Sampled series") contains one row per
+scrape and per target, from the model or from a load-test run. `evaluate_rules` replays the
+supervisor's alerting rules over it the way Prometheus would:
 
 - rules are evaluated at fixed times, every `evaluation_interval_s` (by default the scrape
   interval), from the first scrape to the last;
 - a gauge is read at an evaluation time as the latest scrape at or before it, within the
   5-minute lookback; an empty cell is a series missing from that scrape (a stale series);
-- `rate()` and `increase()` over a window `[t - w, t]` take the counter's scrapes inside it,
-  add the value after each counter reset, and extrapolate towards the window's edges exactly as
-  Prometheus 2.x does, so rate ratios match what the server would compute;
+- `rate()` over a window `[t - w, t]` takes the counter's scrapes inside it, adds the value
+  before each counter reset, and extrapolates towards the window's edges as Prometheus 2.40
+  and later do, so rate ratios match what the server computes;
 - an alert becomes pending at the first evaluation where its condition holds, fires at the
   first evaluation where it has held at every evaluation for at least `for_s`, and ends at the
   first evaluation where the condition no longer holds (a pending alert that ends never fired).
 
 Per-instance expressions are evaluated per target and give one alert per target. The error
 ratio sums the rates of all targets before dividing, as the PromQL `sum` does, and gives one
-alert labelled `ALL_TARGETS`.
+alert whose target is `ALL_TARGETS` (`*`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ class ExpressionKind(StrEnum):
     FULL_REFRESH_AGE = "full_refresh_age"
     """`time() - full_refresh_last_success_unix_s` in seconds."""
     FULL_REFRESH_MISSING = "full_refresh_missing"
-    """The target is scraped but has no full refresh timestamp; the threshold is unused."""
+    """The target is scraped but has no full refresh timestamp. The threshold is unused."""
 
 
 WINDOWED_KINDS = frozenset({ExpressionKind.LAG_MEAN, ExpressionKind.ERROR_RATIO})
@@ -118,7 +118,7 @@ class AlertRule:
 
 @dataclass(frozen=True)
 class AlertEpisode:
-    """One alert from pending to its end; times are the series' `timestamp` seconds.
+    """One alert from pending to its end, with times in the series' `timestamp` seconds.
 
     `fired_at` is None when the alert ended while pending, and `resolved_at` is None when the
     condition still held at the last evaluation.
@@ -264,7 +264,7 @@ class SeriesEvaluator:
     """A series prepared for evaluation, reusable for many rules.
 
     Expression values depend only on the kind and the window, so they are computed once and
-    cached; evaluating many thresholds and `for:` durations of one kind is cheap.
+    cached. Evaluating many thresholds and `for:` durations of one kind is therefore cheap.
     """
 
     def __init__(self, series: pd.DataFrame, *, evaluation_interval_s: float | None = None) -> None:
@@ -398,7 +398,7 @@ def _target_expression(
     if kind is ExpressionKind.FULL_REFRESH_MISSING:
         last_full = instant_values(times_ms, columns["full_refresh_last_success_unix_s"], eval_ms)
         capacity = instant_values(times_ms, columns["queue_capacity"], eval_ms)
-        # `capacity unless on(instance) last_full`: present when scraped without a full refresh.
+        # `capacity unless on (job, instance) last_full`: a value only while no full refresh.
         return np.where(np.isnan(last_full), capacity, np.nan)
     raise AlertEvaluationError(f"expression kind {kind!r} is not evaluated per target")
 
@@ -425,10 +425,10 @@ def prometheus_rate(
 ) -> FloatArray:
     """Compute PromQL `rate(counter[window])` at each evaluation time, NaN where it is empty.
 
-    The window is `[t - window, t]`, closed on the left as in Prometheus 2.x. Counter resets
-    add the value after the reset; the increase is extrapolated to the window's edges (at most
-    half a sample spacing beyond a gap of 1.1 spacings, never below zero) and divided by the
-    window length.
+    The window is `[t - window, t]`, closed on the left as in Prometheus 2.x. At each counter
+    reset the value before the reset is added. The increase is extrapolated towards the
+    window's edges (only half a sample spacing past a gap of 1.1 spacings, and never past the
+    counter's zero point) and divided by the window length.
     """
     # NOTE: Prometheus 3 made range windows open on the left, so a scrape exactly at
     # `t - window` no longer counts; ratios of rates change only slightly.

@@ -82,7 +82,7 @@ class SmokeOptionError(SmokeError):
 
 
 class TargetError(SmokeError):
-    """A target or the execution service did not answer as the interface describes."""
+    """A target or the execution service did not respond as the interface describes."""
 
 
 class ConfigStoreError(SmokeError):
@@ -353,7 +353,9 @@ class HttpClient:
                 return body
         except urllib.error.HTTPError as error:
             detail = error.read()[:300].decode("utf-8", "replace")
-            raise TargetError(f"{request.method} {url} answered {error.code}: {detail}") from error
+            raise TargetError(
+                f"{request.method} {url} returned HTTP {error.code}: {detail}"
+            ) from error
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
             raise TargetError(f"{request.method} {url} failed: {error}") from error
 
@@ -473,7 +475,7 @@ class DbConfigStore:
 
 @dataclass(frozen=True, kw_only=True)
 class TargetInfo:
-    """What a target states about itself in the `instance` part of `/stats`."""
+    """Settings a target reports about itself in the `instance` part of `/stats`."""
 
     url: str
     instance_id: str
@@ -506,7 +508,7 @@ class TargetInfo:
 
 @dataclass
 class StepResult:
-    """One reported step on one target; `measured` holds the step's figures in seconds."""
+    """One reported step on one target; `measured` contains the step's figures in seconds."""
 
     step: str
     target: str | None
@@ -945,7 +947,7 @@ class SmokeRun:
                    earlier: dict[str, int] | None) -> dict[str, int] | None:
         """Send each lane's event to every target and judge executions and counter deltas.
 
-        `earlier` holds the execution counts after the first broadcast; a repeat must leave
+        `earlier` contains the execution counts after the first broadcast; a repeat must leave
         them unchanged. Returns this broadcast's execution counts, or None when sending failed.
         """
         started_s = self.clock.monotonic()
@@ -1293,7 +1295,7 @@ def report_json(run: SmokeRun, exit_code: int) -> dict[str, Any]:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the smoke test and print its report; the exit code says whether it passed."""
+    """Run the smoke test, print its report and return the exit code (0 when it passed)."""
     try:
         options = build_options(args)
         store = DbConfigStore(options.database_url)

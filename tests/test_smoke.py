@@ -3,9 +3,10 @@
 The end-to-end tests start the execution stub and supervisor instances as processes, on the real
 PostgreSQL (a migrated database of this session) and the real Redis under this test's key
 prefix, with short refresh intervals. A healthy pair of shards must pass. Two broken set-ups
-must fail at the right step: two instances that each own every channel and keep dedup in
-process (the dedup step), and an instance that refreshes far less often than the smoke test is
-told to expect (the pickup step). Every run must leave no config behind, also when interrupted.
+must fail at the step that detects them. In the first, two instances each own every channel and
+keep dedup in process, so the dedup step fails. In the second, an instance refreshes far less
+often than the interval passed to the smoke test, so the pickup step fails. Every run must
+leave no config behind, also when interrupted.
 """
 
 from __future__ import annotations

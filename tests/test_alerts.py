@@ -147,7 +147,7 @@ def test_gauge_older_than_lookback_is_absent() -> None:
 
 
 def test_rate_matches_prometheus_extrapolation() -> None:
-    # promtool 2.42 returns 0.8333 for rate(c[2m]) at 3m over samples 0 0 100 100 at 1m steps:
+    # promtool 2.42 returns 0.8333 for rate(c[2m]) at 3m over samples 0 0 100 100 100 at 1m steps:
     # the window [1m, 3m] keeps 0, 100, 100 and the zero point stops the left extrapolation.
     times_ms = np.arange(5, dtype=np.int64) * 60_000
     values = np.array([0.0, 0.0, 100.0, 100.0, 100.0])
@@ -158,7 +158,7 @@ def test_rate_matches_prometheus_extrapolation() -> None:
 
 
 def test_rate_extrapolates_half_spacing_after_gap() -> None:
-    # Two scrapes at 30 s and 60 s in a 120 s window ending at 60 s: the left gap (30 s) is
+    # Two scrapes at 30 s and 60 s in a 60 s window ending at 60 s: the left gap (30 s) is
     # below 1.1 spacings and the zero point is further away, so extrapolation reaches 0 s.
     times_ms = np.array([30_000, 60_000], dtype=np.int64)
     values = np.array([100.0, 130.0])

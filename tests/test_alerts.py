@@ -157,7 +157,7 @@ def test_rate_matches_prometheus_extrapolation() -> None:
     assert result[0] == pytest.approx(100 / 120)
 
 
-def test_rate_extrapolates_half_spacing_after_gap() -> None:
+def test_rate_extrapolates_to_window_start() -> None:
     # Two scrapes at 30 s and 60 s in a 60 s window ending at 60 s: the left gap (30 s) is
     # below 1.1 spacings and the zero point is further away, so extrapolation reaches 0 s.
     times_ms = np.array([30_000, 60_000], dtype=np.int64)
@@ -168,6 +168,17 @@ def test_rate_extrapolates_half_spacing_after_gap() -> None:
     assert result[0] == pytest.approx(60 / 60)
     # At 120 s only the scrape at 60 s is in the window: no result.
     assert math.isnan(result[1])
+
+
+def test_rate_extrapolates_half_spacing_after_gap() -> None:
+    # Scrapes at 50 s and 60 s in the window [0, 60]: the 50 s gap exceeds 1.1 spacings of 10 s,
+    # so the increase of 10 is stretched by half a spacing only: 10 * 15 / 10 over 60 s.
+    times_ms = np.array([50_000, 60_000], dtype=np.int64)
+    values = np.array([100.0, 110.0])
+
+    result = prometheus_rate(times_ms, values, np.array([60_000], dtype=np.int64), 60_000)
+
+    assert result[0] == pytest.approx(15 / 60)
 
 
 def test_rate_counts_value_after_reset() -> None:

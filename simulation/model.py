@@ -219,8 +219,9 @@ class SupervisorModel:
         execution = self.config.execution
         draws = self.inputs.calls
         timeout_s = np.inf if execution.timeout_ms is None else execution.timeout_ms / 1000.0
-        capacity = execution.capacity_concurrent
-        limit = execution.effective_limit_concurrent
+        limited = execution.capacity_limited
+        capacity = max(execution.capacity_concurrent, 1)
+        limit = execution.effective_limit_concurrent if limited else np.inf
         began_s = env.now
 
         for attempt in range(1, execution.max_attempts + 1):
@@ -230,7 +231,9 @@ class SupervisorModel:
             if in_progress > limit:
                 succeeded = False  # 429 at once, retried like a 5xx
             else:
-                latency_s = draws.base_latency_s[call, column] * max(1.0, in_progress / capacity)
+                latency_s = draws.base_latency_s[call, column]
+                if limited:
+                    latency_s *= max(1.0, in_progress / capacity)
                 self._exec_in_flight += 1
                 if latency_s > timeout_s:
                     timed_out = True
@@ -298,6 +301,7 @@ class SupervisorModel:
             failed=service.failed & ~np.isnan(end_s),
             executions=service.executions,
             execution_errors=service.execution_errors,
+            execution_attempts=service.execution_attempts,
         )
         return RunRecords(
             events=events,

@@ -64,7 +64,9 @@ class EventRecords:
 
     `arrival_s` is receipt at ingest, `enqueue_s` the moment ingest finished and the event met
     the queue (admitted, dropped, or found to be a duplicate), `start_s` when a worker took it and
-    `end_s` when its last execution call finished.
+    `end_s` when its last execution call finished. `executions` counts the event's copy trades,
+    `execution_errors` those that failed after their last attempt, and `execution_attempts` all
+    attempts, retries included.
     """
 
     arrival_s: FloatArray
@@ -76,6 +78,7 @@ class EventRecords:
     failed: BoolArray
     executions: IntArray
     execution_errors: IntArray
+    execution_attempts: IntArray
 
     @property
     def admitted(self) -> BoolArray:

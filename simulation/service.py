@@ -164,6 +164,7 @@ class EventService:
     failed: BoolArray
     executions: IntArray
     execution_errors: IntArray
+    execution_attempts: IntArray
 
 
 def event_service(call_offsets: IntArray, outcomes: CallOutcomes) -> EventService:
@@ -174,14 +175,17 @@ def event_service(call_offsets: IntArray, outcomes: CallOutcomes) -> EventServic
 
     service_s = np.zeros(fanouts.size)
     errors = np.zeros(fanouts.size, dtype=np.int64)
+    attempts = np.zeros(fanouts.size, dtype=np.int64)
     if starts.size:
         # reduceat over non-empty segments only: an empty segment would return a neighbour.
         service_s[has_calls] = np.maximum.reduceat(outcomes.duration_s, starts)
         failures = (~outcomes.succeeded).astype(np.int64)
         errors[has_calls] = np.add.reduceat(failures, starts)
+        attempts[has_calls] = np.add.reduceat(outcomes.attempts, starts)
     return EventService(
         service_s=service_s,
         failed=errors > 0,
         executions=fanouts.astype(np.int64),
         execution_errors=errors,
+        execution_attempts=attempts,
     )

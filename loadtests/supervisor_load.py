@@ -2,7 +2,7 @@
 
 Run with `locust -f loadtests --headless` (see docs/loadtests.md for the options). This is the
 only locustfile in the folder: helpers live in `_`-prefixed modules, which Locust 2.47 skips
-when it loads a directory, and this file holds the one LoadTestShape of the folder. Locust puts
+when it loads a directory, and this file contains the one LoadTestShape of the folder. Locust puts
 this folder on `sys.path` while it imports the file, so the helpers import by their bare names.
 
 Glossary:

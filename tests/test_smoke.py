@@ -12,22 +12,20 @@ leave no config behind, also when interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
+from helpers_processes import RunningProcess, migrate, running_stub, running_supervisor
 
 from supervisor import smoke
 from supervisor.sharding import shard_for
@@ -211,114 +209,42 @@ def test_interrupt_still_cleans_up() -> None:
 # Processes
 
 
-@dataclass
-class Process:
-    """A child process whose output goes to a log file, stopped by `stop`."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-    url: str = ""
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=STOP_TIMEOUT_S)
-
-
-@dataclass
-class Processes:
-    """Starts `supervisor` commands and stops every one of them at the end of the test."""
-
-    tmp_path: Path
-    started: list[Process] = field(default_factory=list)
-
-    def start(self, name: str, argv: Sequence[str], env: dict[str, str], ready_path: str,
-              port: int) -> Process:
-        log_path = self.tmp_path / f"{name}.log"
-        with log_path.open("wb") as log:
-            popen = subprocess.Popen(
-                [sys.executable, "-m", "supervisor", *argv], env={**os.environ, **env},
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        process = Process(name, popen, log_path, url=f"http://127.0.0.1:{port}")
-        self.started.append(process)
-        _wait_until_ready(process, process.url + ready_path)
-        return process
-
-    def stop_all(self) -> None:
-        for process in reversed(self.started):
-            process.stop()
-
-
-def _wait_until_ready(process: Process, url: str) -> None:
-    deadline_s = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline_s:
-        if process.popen.poll() is not None:
-            pytest.fail(f"{process.name} exited with {process.popen.returncode}:\n"
-                        f"{process.output()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"{process.name} was not ready at {url} within {START_TIMEOUT_S} s:\n"
-                f"{process.output()}")
-
-
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Processes]:
-    started = Processes(tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop_all()
+def processes() -> Iterator[contextlib.ExitStack]:
+    """Stops every process a test started, in reverse order, even when the test fails."""
+    with contextlib.ExitStack() as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
 def config_database(postgres_server_url: str) -> str:
     """The session's PostgreSQL database, migrated with `supervisor migrate`."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "supervisor", "migrate", "--database-url", postgres_server_url],
-        capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert completed.returncode == 0, completed.stderr
+    migrate(postgres_server_url)
     return postgres_server_url
 
 
-def _start_stub(processes: Processes) -> Process:
-    port = free_port()
-    return processes.start("stub", ["execution-stub", "--port", str(port)], {}, "/healthz", port)
+def _start_stub(processes: contextlib.ExitStack, log_dir: Path) -> RunningProcess:
+    return processes.enter_context(running_stub(log_dir))
 
 
 def _start_supervisor(
-    processes: Processes, name: str, database_url: str, stub: Process, **settings: str | int
-) -> Process:
-    port = free_port()
+    processes: contextlib.ExitStack, log_dir: Path, database_url: str, stub: RunningProcess,
+    **settings: str | int,
+) -> RunningProcess:
     env = {
         "SUPERVISOR_DATABASE_URL": database_url,
         "SUPERVISOR_EXECUTION_URL": stub.url,
-        "SUPERVISOR_HTTP_PORT": str(port),
         "SUPERVISOR_WORKER_POOL_SIZE": "4",
         "SUPERVISOR_CONFIG_REFRESH_MS": "300",
         "SUPERVISOR_CONFIG_FULL_REFRESH_MS": "2000",
         "SUPERVISOR_REDIS_URL": "",
     }
     env.update({f"SUPERVISOR_{key.upper()}": str(value) for key, value in settings.items()})
-    return processes.start(name, ["run"], env, "/readyz", port)
+    return processes.enter_context(running_supervisor(log_dir, env))
 
 
 def _run_smoke(
-    capsys: pytest.CaptureFixture[str], targets: Sequence[Process], stub: Process,
+    capsys: pytest.CaptureFixture[str], targets: Sequence[RunningProcess], stub: RunningProcess,
     database_url: str, *extra: str,
 ) -> tuple[int, dict[str, Any]]:
     from supervisor.cli import main
@@ -353,12 +279,12 @@ def _configs_of_run(database_url: str, run_id: str) -> list[str]:
 @pytest.mark.integration
 @pytest.mark.e2e
 def test_smoke_passes_on_two_shards(
-    processes: Processes, config_database: str, redis_server_url: str, redis_key_prefix: str,
-    capsys: pytest.CaptureFixture[str],
+    processes: contextlib.ExitStack, tmp_path: Path, config_database: str, redis_server_url: str,
+    redis_key_prefix: str, capsys: pytest.CaptureFixture[str],
 ) -> None:
-    stub = _start_stub(processes)
+    stub = _start_stub(processes, tmp_path)
     shards = [
-        _start_supervisor(processes, f"shard{index}", config_database, stub, shard_count=2,
+        _start_supervisor(processes, tmp_path, config_database, stub, shard_count=2,
                           shard_index=index, redis_url=redis_server_url,
                           dedup_key_prefix=redis_key_prefix)
         for index in range(2)
@@ -393,11 +319,12 @@ def _redis_keys(redis_url: str, prefix: str, run_id: str) -> list[bytes]:
 @pytest.mark.integration
 @pytest.mark.e2e
 def test_smoke_fails_dedup_when_both_own_everything(
-    processes: Processes, config_database: str, capsys: pytest.CaptureFixture[str],
+    processes: contextlib.ExitStack, tmp_path: Path, config_database: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    stub = _start_stub(processes)
+    stub = _start_stub(processes, tmp_path)
     instances = [
-        _start_supervisor(processes, f"instance{index}", config_database, stub, shard_count=1,
+        _start_supervisor(processes, tmp_path, config_database, stub, shard_count=1,
                           shard_index=0)
         for index in range(2)
     ]
@@ -417,10 +344,11 @@ def test_smoke_fails_dedup_when_both_own_everything(
 @pytest.mark.integration
 @pytest.mark.e2e
 def test_smoke_fails_pickup_on_slow_refresh(
-    processes: Processes, config_database: str, capsys: pytest.CaptureFixture[str],
+    processes: contextlib.ExitStack, tmp_path: Path, config_database: str,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    stub = _start_stub(processes)
-    instance = _start_supervisor(processes, "slow", config_database, stub,
+    stub = _start_stub(processes, tmp_path)
+    instance = _start_supervisor(processes, tmp_path, config_database, stub,
                                  config_refresh_ms=120_000, config_full_refresh_ms=240_000)
 
     exit_code, report = _run_smoke(
@@ -440,12 +368,12 @@ def test_smoke_fails_pickup_on_slow_refresh(
 @pytest.mark.integration
 @pytest.mark.e2e
 def test_sigterm_during_run_cleans_up(
-    processes: Processes, config_database: str, tmp_path: Path,
+    processes: contextlib.ExitStack, tmp_path: Path, config_database: str,
 ) -> None:
-    stub = _start_stub(processes)
-    instance = _start_supervisor(processes, "slow", config_database, stub,
+    stub = _start_stub(processes, tmp_path)
+    instance = _start_supervisor(processes, tmp_path, config_database, stub,
                                  config_refresh_ms=120_000, config_full_refresh_ms=240_000)
-    run_id = f"sigterm{os.getpid()}"
+    run_id = uuid.uuid4().hex[:12]
     log_path = tmp_path / "smoke.log"
 
     with log_path.open("wb") as log:

@@ -261,9 +261,7 @@ def _dedup_key_prefix(given: str | None, env: dict[str, str]) -> str:
         return given
     from supervisor.settings import Settings
 
-    return env.get("SUPERVISOR_DEDUP_KEY_PREFIX") or Settings.__dataclass_fields__[
-        "dedup_key_prefix"
-    ].default  # type: ignore[return-value]
+    return env.get("SUPERVISOR_DEDUP_KEY_PREFIX") or Settings().dedup_key_prefix
 
 
 def _expected_pool_size(given: int | None, env: dict[str, str]) -> int | None:

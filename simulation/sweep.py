@@ -153,7 +153,7 @@ class SweepResult:
         """Compare neighbouring values of grid field `by` on common random numbers.
 
         For each combination of the other grid fields and each pair of neighbouring `by` values
-        (sorted), the frame holds the mean of `metric(higher) - metric(lower)` over
+        (sorted), the frame contains the mean of `metric(higher) - metric(lower)` over
         replications, its paired 95% confidence half-width (`paired_ci95`) and, for contrast,
         the half-width that ignores the pairing (`unpaired_ci95`, Welch).
         """

@@ -1,7 +1,7 @@
 """Output analysis: warm-up removal, per-replication summaries and confidence intervals.
 
 Warm-up: a run starts empty, which biases early lags low. Unless `warmup_s` is given, the
-truncation point comes from MSER-5 (White, 1997) applied to the lags of admitted events in
+truncation point comes from MSER-5 applied to the lags of admitted events in
 enqueue order: the series is cut into batches of 5, and the truncation `d` (in batches, searched
 over the first half) minimises `sum_{j > d} (Z_j - mean_d)^2 / (m - d)^2`, the squared standard
 error of the mean of what is kept. The warm-up time is the enqueue time of the first kept event,

@@ -58,7 +58,7 @@ ProcessGenerator = Generator[simpy.Event, Any, None]
 class ModelInputs:
     """Random inputs of one replication, drawn before the run in arrival order.
 
-    `service` holds the per-event service times when they do not depend on the state of the run
+    `service` contains the per-event service times when they do not depend on the state of the run
     (no execution capacity limit); otherwise it is None and the model plays the calls out.
     """
 

@@ -276,7 +276,7 @@ def scrape_series(run: RunRecords, scrape_interval_s: float) -> pd.DataFrame:
         "duplicate_total": duplicates,
         "not_owned_total": zeros,
         "rejected_total": zeros,
-        # Events still in ingest count as in flight, so the accounted identity holds exactly.
+        # Events still in ingest count as in flight, so the accounted identity is exact.
         "in_flight": received - processed_count - failed_count - dropped - duplicates,
         "lag_sum_s": lag_sum_s,
         "lag_count": started_count,

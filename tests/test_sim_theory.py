@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -87,7 +88,7 @@ def test_wait_tail_decreases_to_zero() -> None:
 
     tails = [queue.wait_exceeds_probability(t) for t in (0.0, 0.5, 1.0, 5.0, 50.0)]
 
-    assert all(later < earlier for earlier, later in zip(tails, tails[1:], strict=False))
+    assert all(later < earlier for earlier, later in itertools.pairwise(tails))
     assert tails[-1] < 1e-6
     assert queue.wait_exceeds_probability(-1.0) == 1.0
 

@@ -1,6 +1,6 @@
 """The model with every extra switched off against the exact M/M/c and M/M/c/K results.
 
-Each check runs independent replications and asks two things: the 95% confidence interval
+Each check runs independent replications and checks two things: the 95% confidence interval
 covers the exact value, and its half-width is within 2% of that value, so a pass means the
 model is right to about 2%, not that the interval was wide. The seed is fixed, so the outcome
 is reproducible; each interval still misses with about 5% chance for an arbitrary seed.

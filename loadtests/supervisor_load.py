@@ -172,8 +172,9 @@ class SupervisorLoadShape(LoadTestShape):
         return plan.user_count, spawn_rate
 
 
-events.init_command_line_parser.add_listener(_add_options)
-events.init.add_listener(_on_init)
-events.test_start.add_listener(_on_test_start)
-events.test_stop.add_listener(_on_test_stop)
-events.quitting.add_listener(_on_quitting)
+# Locust's EventHook.add_listener has no annotations, hence the ignores.
+events.init_command_line_parser.add_listener(_add_options)  # type: ignore[no-untyped-call]
+events.init.add_listener(_on_init)  # type: ignore[no-untyped-call]
+events.test_start.add_listener(_on_test_start)  # type: ignore[no-untyped-call]
+events.test_stop.add_listener(_on_test_stop)  # type: ignore[no-untyped-call]
+events.quitting.add_listener(_on_quitting)  # type: ignore[no-untyped-call]

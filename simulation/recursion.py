@@ -12,7 +12,7 @@ waiting event takes that worker, before an arrival at `t` is checked against the
 So an event arriving exactly when a worker frees starts at once with zero lag, and an event that
 starts at its arrival time never counts as waiting. Events that arrive at the same time are
 handled in index order. The SimPy model handles equal times in SimPy's scheduling order instead,
-so the two engines agree exactly only when no arrival falls on a completion time, which holds
+so the two engines agree exactly only when no arrival falls on a completion time, which is true
 with probability 1 for Poisson arrivals or continuous trace times.
 
 Invariants the tests check: every admitted event starts no earlier than it arrives, admitted

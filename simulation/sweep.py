@@ -152,10 +152,11 @@ class SweepResult:
     def paired_differences(self, metric: str, by: str = "pool_size") -> pd.DataFrame:
         """Compare neighbouring values of grid field `by` on common random numbers.
 
-        For each combination of the other grid fields and each pair of neighbouring `by` values
-        (sorted), the frame contains the mean of `metric(higher) - metric(lower)` over
-        replications, its paired 95% confidence half-width (`paired_ci95`) and, for contrast,
-        the half-width that ignores the pairing (`unpaired_ci95`, Welch).
+        Pairs are formed for each combination of the other grid fields and each two
+        neighbouring `by` values (sorted). For each pair the frame contains the mean of
+        `metric(higher) - metric(lower)` over replications and its paired 95% confidence
+        half-width (`paired_ci95`). For contrast it also contains the half-width that ignores
+        the pairing (`unpaired_ci95`, Welch).
         """
         if by not in self.grid_fields:
             raise SweepError(f"by={by!r} is not a swept field; swept fields: {self.grid_fields}")

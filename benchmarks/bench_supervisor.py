@@ -655,7 +655,8 @@ async def run(options: argparse.Namespace) -> int:
             if not options.skip_minimal:
                 rates = [entry["offered_per_s"] for entry in supervisor.latency]
                 minimal = await bench_minimal(options, run_id, work_dir, channels, rates)
-        except (RuntimeError, subprocess.SubprocessError, aiohttp.ClientError) as error:
+        except (RuntimeError, subprocess.SubprocessError, aiohttp.ClientError,
+                multiprocessing.TimeoutError) as error:
             print(f"bench_supervisor: run failed: {error}", file=sys.stderr)
             for log in sorted(work_dir.glob("*.log")):
                 print(f"--- {log.name} (last lines)\n" + "\n".join(

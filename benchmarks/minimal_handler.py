@@ -2,11 +2,14 @@
 
 `POST /events` parses the JSON body (one event or `{"events": [...]}`), claims each `event_id`
 in Redis with `SET key 1 NX PX ttl`, and puts each claimed event into an `asyncio.Queue` that a
-trivial consumer drains. There is no validation beyond `event_id`, no sharding, metrics,
-fan-out or execution call. Its rate on a machine estimates the ceiling for the supervisor's
-ingest there. It is not a strict bound, because the supervisor may batch its Redis calls
-differently. The consumer's take time minus the receipt time estimates the least added latency
-of an event loop with Redis in the path.
+trivial consumer drains. Claims issued in the same event-loop turn share one Redis pipeline, as
+the supervisor's dedup does, and `--claim-per-request` sends one round trip per request instead.
+There is no validation beyond `event_id`, no sharding, metrics, fan-out or execution call.
+
+Its rate on a machine estimates the ceiling for the supervisor's ingest there. It is not a
+strict bound, because the supervisor may batch its Redis calls differently. The consumer's take
+time minus the receipt time estimates the least added latency of an event loop with Redis in
+the path.
 
 Run: `python benchmarks/minimal_handler.py --port 8191 --key-prefix bench:minimal:`.
 `GET /stats` returns the counters and the lag percentiles, and `POST /reset` clears them.
@@ -70,24 +73,49 @@ class MinimalIngest:
     """Claim-and-enqueue ingest with one consumer task."""
 
     def __init__(self, redis: aioredis.Redis, key_prefix: str, claim_ttl_ms: int,
-                 queue_max_size: int) -> None:
+                 queue_max_size: int, coalesce: bool) -> None:
         self.redis = redis
+        self.coalesce = coalesce
+        self._pending: list[tuple[list[str], asyncio.Future[list[bool]]]] = []
+        self._flush_tasks: set[asyncio.Task[None]] = set()
         self.key_prefix = key_prefix
         self.claim_ttl_ms = claim_ttl_ms
         self.queue: asyncio.Queue[tuple[float, dict[str, Any]]] = asyncio.Queue(queue_max_size)
         self.counters = Counters()
 
     async def claim(self, event_ids: list[str]) -> list[bool]:
-        if len(event_ids) == 1:
-            claimed = await self.redis.set(
-                self.key_prefix + event_ids[0], "1", nx=True, px=self.claim_ttl_ms
-            )
-            return [bool(claimed)]
+        """Claim ids with SET NX PX; True means claimed now, False means claimed before."""
+        if not self.coalesce:
+            return await self._claim_now(event_ids)
+        if not self._pending:
+            # Claims issued before the flush task first runs share its pipeline.
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._flush_tasks.add(task)
+            task.add_done_callback(self._flush_tasks.discard)
+        future: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append((event_ids, future))
+        return await future
+
+    async def _claim_now(self, event_ids: list[str]) -> list[bool]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for event_id in event_ids:
                 pipe.set(self.key_prefix + event_id, "1", nx=True, px=self.claim_ttl_ms)
             results = await pipe.execute()
         return [bool(result) for result in results]
+
+    async def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        all_ids = [event_id for event_ids, _ in pending for event_id in event_ids]
+        try:
+            claims = await self._claim_now(all_ids)
+        except (aioredis.RedisError, OSError) as error:
+            for _, future in pending:
+                future.set_exception(error)
+            return
+        start = 0
+        for event_ids, future in pending:
+            future.set_result(claims[start:start + len(event_ids)])
+            start += len(event_ids)
 
     async def handle_events(self, request: web.Request) -> web.Response:
         received_s = time.monotonic()
@@ -137,7 +165,8 @@ async def serve(args: argparse.Namespace) -> None:
     )
     redis = aioredis.Redis(connection_pool=pool)
     await redis.ping()
-    ingest = MinimalIngest(redis, args.key_prefix, args.claim_ttl_ms, args.queue_max_size)
+    ingest = MinimalIngest(redis, args.key_prefix, args.claim_ttl_ms, args.queue_max_size,
+                           coalesce=not args.claim_per_request)
     app = web.Application()
     app.router.add_post("/events", ingest.handle_events)
     app.router.add_get("/stats", ingest.handle_stats)
@@ -173,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="prefix of the claim keys; the benchmark deletes its keys afterwards")
     parser.add_argument("--claim-ttl-ms", type=int, default=60_000)
     parser.add_argument("--queue-max-size", type=int, default=1_000_000)
+    parser.add_argument("--claim-per-request", action="store_true",
+                        help="send each request's claims as their own Redis round trip instead "
+                        "of one pipeline per event-loop turn")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -423,3 +423,14 @@ async def test_stub_process_rejects_bad_option() -> None:
 
     assert process.returncode == 2
     assert b"--error-rate 2.0 is invalid" in stderr
+
+
+def test_cli_routes_execution_stub() -> None:
+    from supervisor import cli, stub
+
+    args = cli.build_parser().parse_args(["execution-stub", "--capacity", "3", "--seed", "4"])
+    options = build_options(args)
+
+    assert args.module is stub
+    assert options.capacity == 3
+    assert options.max_concurrency == 6

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -11,6 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import free_port
 
+from supervisor import dedup as dedup_module
 from supervisor.clock import SystemClock
 from supervisor.dedup import DedupUnavailable, RedisDedup
 
@@ -152,3 +154,77 @@ async def test_recovers_when_redis_returns(redis_server_url, redis_key_prefix) -
         await dedup.close()
         with contextlib.suppress(AssertionError):
             await proxy.stop()
+
+
+async def test_empty_claim_sends_nothing(redis_key_prefix) -> None:
+    dedup = make_dedup(f"redis://127.0.0.1:{free_port()}/0", redis_key_prefix, "a")
+    try:
+        assert await dedup.claim_many([]) == []
+        assert dedup.available
+    finally:
+        await dedup.close()
+
+
+async def test_silent_redis_times_out(redis_key_prefix) -> None:
+    async def accept_and_stay_silent(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dedup = RedisDedup.from_url(
+        f"redis://127.0.0.1:{port}/0", SystemClock(), instance_id="a",
+        key_prefix=redis_key_prefix, claim_ttl_ms=30_000, done_ttl_ms=60_000, timeout_s=0.05,
+    )  # fmt: skip
+    try:
+        with pytest.raises(DedupUnavailable, match="TimeoutError"):
+            await dedup.claim_many(["e1"])
+        assert not dedup.available
+        assert not await dedup.ping()
+    finally:
+        await dedup.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_scripts_reload_after_noscript(
+    redis_server_url, redis_key_prefix, raw, monkeypatch, caplog
+) -> None:
+    # Scripts that Redis has never seen stand in for a Redis that lost its script cache.
+    unique = f"\n-- {redis_key_prefix}\n"
+    monkeypatch.setattr(dedup_module, "_MARK_DONE_LUA", dedup_module._MARK_DONE_LUA + unique)
+    monkeypatch.setattr(dedup_module, "_RELEASE_LUA", dedup_module._RELEASE_LUA + unique)
+    dedup = make_dedup(redis_server_url, redis_key_prefix, "a")
+    dedup._scripts_loaded = True
+    caplog.set_level(logging.INFO, logger="supervisor.dedup")
+    try:
+        assert await dedup.claim_many(["e1", "e2"]) == [True, True]
+
+        await asyncio.gather(dedup.mark_done("e1"), dedup.release("e2"))
+
+        assert await raw.get(redis_key_prefix + "e1") == "done"
+        assert await raw.get(redis_key_prefix + "e2") is None
+        assert dedup.available
+        assert "Redis lost the dedup scripts" in caplog.text
+    finally:
+        await dedup.close()
+
+
+async def test_batch_claim_and_done_share_a_flush(
+    redis_server_url, redis_key_prefix, raw
+) -> None:
+    dedup = make_dedup(redis_server_url, redis_key_prefix, "a")
+    try:
+        await dedup.claim_many(["e1"])
+
+        claims, _ = await asyncio.gather(
+            dedup.claim_many(["e1", "e2", "e3"]), dedup.mark_done("e1")
+        )
+
+        assert claims == [False, True, True]
+        assert await raw.get(redis_key_prefix + "e1") == "done"
+        assert await raw.get(redis_key_prefix + "e3") == "a"
+    finally:
+        await dedup.close()

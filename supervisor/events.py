@@ -67,13 +67,17 @@ def _text_field(data: dict[str, Any], name: str) -> str:
     return value
 
 
+# A tuple, because `int | float` would build a new union object on every call.
+_NUMBER_TYPES = (int, float)
+
+
 def _positive_number(data: dict[str, Any], name: str, *, required: bool) -> float | None:
     value = data.get(name)
     if value is None:
         if required:
             raise EventValidationError(name, "missing")
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, _NUMBER_TYPES):
         raise EventValidationError(name, f"must be a number, got {type(value).__name__}")
     number = float(value)
     if not math.isfinite(number) or number <= 0:

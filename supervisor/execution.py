@@ -29,6 +29,8 @@ from supervisor.metrics import ExecutionOutcome
 
 logger = logging.getLogger(__name__)
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
 
 @dataclass(frozen=True, slots=True)
 class ExecutionResult:
@@ -53,9 +55,13 @@ def idempotency_key(event_id: str, config_id: str) -> str:
     return f"{event_id}:{config_id}"
 
 
-def request_body(event: Event, config: CachedConfig) -> bytes:
-    """Return the JSON body of the execution call for one copy trade."""
-    key = idempotency_key(event.event_id, config.id)
+def request_body(event: Event, config: CachedConfig, key: str | None = None) -> bytes:
+    """Return the JSON body of the execution call for one copy trade.
+
+    `key` is the idempotency key when the caller has already built it.
+    """
+    if key is None:
+        key = idempotency_key(event.event_id, config.id)
     return json.dumps(
         {
             "idempotency_key": key,
@@ -103,7 +109,7 @@ class ExecutionClient:
         return self._rng.uniform(0.0, self._backoff_s * 2 ** (attempt - 1))
 
     async def _attempt(self, body: bytes, key: str) -> tuple[ExecutionOutcome, int | None]:
-        headers = {"Content-Type": "application/json", "Idempotency-Key": key}
+        headers = {**_JSON_HEADERS, "Idempotency-Key": key}
         try:
             async with self._session.post(
                 self._url, data=body, headers=headers, timeout=self._timeout
@@ -125,7 +131,7 @@ class ExecutionClient:
     async def execute(self, event: Event, config: CachedConfig) -> ExecutionResult:
         """Run one copy trade to its final outcome, retrying retryable failures."""
         key = idempotency_key(event.event_id, config.id)
-        body = request_body(event, config)
+        body = request_body(event, config, key)
         started_s = self._clock.monotonic()
         attempt = 0
         while True:

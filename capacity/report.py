@@ -361,13 +361,37 @@ def _evidence_section(contents: ReportContents) -> str:
         f"Model prediction at the design rate with {rec.pool_size} workers: "
         f"{_cell(rec.predicted_at_peak)}.",
         "",
-        f"Accuracy of the calibrated model against the measured run: {_cell(rec.accuracy)}.",
+        *_accuracy_lines(rec.accuracy),
     ]
     table = contents.comparison
     if not table.empty:
         lines += ["", "Measured against predicted per load step (`comparison.csv`):", ""]
         lines += _markdown_table(table[list(COMPARISON_COLUMNS)])
     return "\n".join(lines)
+
+
+def _accuracy_lines(accuracy: Any) -> list[str]:
+    """Describe `Comparison.accuracy_summary()`: the overall verdict, then one row per metric."""
+    plain = to_plain(accuracy)
+    metrics = plain.get("metrics") if isinstance(plain, dict) else None
+    if not isinstance(metrics, dict):
+        return [f"Accuracy of the calibrated model against the measured run: {_cell(plain)}."]
+    verdict = "within" if plain.get("passed") else "NOT within"
+    lines = [
+        f"The calibrated model is **{verdict}** its accuracy targets on the judged load steps "
+        f"{plain.get('judged_steps')} (calibrated on steps {plain.get('calibration_steps')}).",
+        "",
+        "| metric | within target | max relative error | max absolute error |",
+        "| --- | --- | --- | --- |",
+    ]
+    for metric, values in metrics.items():
+        values = values if isinstance(values, dict) else {}
+        lines.append(
+            f"| {metric} | {_number(values.get('within_target'))} | "
+            f"{_number(values.get('max_abs_relative_error'))} | "
+            f"{_number(values.get('max_abs_error'))} |"
+        )
+    return lines
 
 
 def _verification_section(verification: Mapping[str, Any]) -> str:

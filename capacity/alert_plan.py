@@ -3,7 +3,7 @@
 The model runs twice over for a recommended pool size:
 
 - under normal load (Poisson at `normal_rate_per_s`) for `normal_duration_s` simulated seconds
-  per replication; every firing there is a false alarm, and the count is scaled to a week;
+  per replication. Every firing there is a false alarm, and the count is scaled to a week;
 - under overload: normal load until `overload_start_s`, then `factor x capacity_rate_per_s`
   for `overload_duration_s`, once per overload factor and replication; the time from the
   overload start to the first firing is the time to detect.
@@ -59,7 +59,7 @@ DEPTH_RATIOS: tuple[float, ...] = (0.5, 0.7, 0.8, 0.9)
 LAG_THRESHOLDS_S: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0)
 ERROR_RATIOS: tuple[float, ...] = (0.01, 0.02, 0.05)
 # The model has no deploys, pauses or bursty sources, so a `for:` below one minute that is quiet
-# in the model may still flap in production; the shortest candidate is one minute.
+# in the model may still flap in production. So the shortest candidate is one minute.
 FOR_S_VALUES: tuple[float, ...] = (60.0, 120.0, 300.0)
 
 

@@ -1,7 +1,7 @@
 """Recommendations from the calibrated model: pool size, queue size, database and Redis load.
 
 Pool size: the model runs at the planned peak rate times a headroom factor for every candidate
-pool size, on common random numbers (replication `r` of every pool sees the same arrivals and
+pool size, on common random numbers (replication `r` of every pool gets the same arrivals and
 draws). A pool size meets a constraint when the upper end of the metric's 95% confidence
 interval, `mean + ci95`, is at or below the target, so a pass holds with about 97.5% one-sided
 confidence. The recommendation is the smallest pool size that meets all three constraints:
@@ -277,9 +277,10 @@ def peak_config(base_config: ModelConfig, rate_per_s: float, duration_s: float) 
 def pool_table(sweep: SweepResult, targets: PoolTargets) -> pd.DataFrame:
     """Summarise a pool sweep per pool size and judge each constraint on its 95% CI.
 
-    Columns: `pool_size`, `replications`; per constraint metric its mean, `_ci95` and `_upper`
-    (mean + ci95, or the mean alone with one replication); per constraint `<constraint>_ok` and
-    `<constraint>_straddles` (the interval contains the target); then `passes`, and for context
+    Columns: `pool_size` and `replications`. Each constraint metric has its mean, `_ci95` and
+    `_upper` (mean + ci95, or the mean alone with one replication). Each constraint has
+    `<constraint>_ok` and `<constraint>_straddles` (the interval contains the target). Then come
+    `passes` and, for context,
     `mean_lag_s`,
     `p95_lag_s`, `utilization`, `throughput_per_s`, `mean_queue_depth`.
     """
@@ -514,7 +515,7 @@ class QueueRecommendation:
     """Queue capacity that absorbs a burst at a pool size without drops, with the evidence.
 
     Depths are in events and times in seconds. `max_depth_*` describe the largest depth per
-    replication with an unbounded queue; `burst_p95_lag_s` and `burst_max_lag_s` are over the
+    replication with an unbounded queue. `burst_p95_lag_s` and `burst_max_lag_s` are over the
     events enqueued from the burst start to the end of the run. `check_dropped` counts drops
     on the check replications (other seeds) at `queue_size`. `lag_at_full_queue_s` is how long
     the last event of a full queue waits at the throughput measured during the burst.
@@ -617,7 +618,7 @@ def recommend_queue_size(
 
     `burst_rate_per_s` is the total arrival rate during the burst, which lasts
     `burst_duration_s` after `settle_s` seconds at `steady_rate_per_s` (default: the base
-    config's Poisson rate); the steady rate resumes for `recovery_s` (default: the burst
+    config's Poisson rate). Then the steady rate resumes for `recovery_s` (default: the burst
     duration). The capacity is `ceil(margin x largest depth in any replication)`, at least 1.
     """
     steady = _steady_rate(base_config, steady_rate_per_s)
@@ -887,7 +888,7 @@ def redis_memory(
     """Estimate the dedup keys alive in Redis and their memory, by Little's law.
 
     Unique events arrive at `event_rate_per_s x (1 - duplicate_ratio)`. Each leaves a done
-    mark for `dedup_ttl_ms`, and holds a claim while in flight for about `in_flight_s` (the
+    mark for `dedup_ttl_ms`, and keeps a claim while in flight for about `in_flight_s` (the
     mean end-to-end latency). `bytes_per_key` is best measured with `measure_bytes_per_key`.
     Dropped and failed events release their key at once and are counted as done marks here, so
     the estimate is high by the drop and failure rate.

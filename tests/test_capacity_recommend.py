@@ -79,7 +79,7 @@ def test_pool_size_matches_erlang_c() -> None:
     )
 
     assert rec.pool_size is not None
-    # The CI rule may ask for one worker more than the exact answer, never fewer.
+    # The CI rule may ask for one worker more than the exact result, never fewer.
     assert rec.pool_size in (exact, exact + 1)
     assert rec.binding_constraints == ()
     assert rec.offered_rate_per_s == ARRIVAL_RATE_PER_S
@@ -344,7 +344,7 @@ def test_measure_bytes_per_key_real_redis(redis_server_url: str, redis_key_prefi
     measured = measure_bytes_per_key(redis_server_url, redis_key_prefix, samples=20)
 
     assert measured.samples == 20
-    # A key holds at least its own name; Redis adds object and dict-entry overhead on top.
+    # A key takes at least the bytes of its name, and Redis adds its object overhead on top.
     assert measured.min_bytes > len(redis_key_prefix) + 36
     assert measured.min_bytes <= measured.mean_bytes <= measured.max_bytes < 1000
     client = redis.Redis.from_url(redis_server_url)

@@ -5,9 +5,9 @@ What is taken from where:
 - pool size, queue capacity, refresh intervals, execution timeout and attempts: the supervisor's
   `/stats` `instance` settings in `metadata.json`;
 - execution latency: a lognormal fitted to the durations of successful first-attempt calls
-  in the calibration steps, after dividing out the stub's capacity slowdown
-  `max(1, n / C)` (with `n` the supervisor's calls in progress when the call started), since the
-  model applies that slowdown itself; the empirical samples are kept as well;
+  in the calibration steps. Each duration is first divided by the stub's capacity slowdown
+  `max(1, n / C)`, with `n` the supervisor's calls in progress when the call started, because
+  the model applies that slowdown itself. The empirical samples are kept as well;
 - the stub's capacity `C`, its 429 limit and error rate: the stub settings in `metadata.json`
   (when absent: no capacity limit, and the error probability from the retries seen);
 - fan-out: config counts per channel from `configs.csv` (active and auto-executing), channels

@@ -3,8 +3,8 @@
 The prediction replays the run's measured arrival times (every event in `event_timings.csv`,
 which excludes duplicates) through the calibrated model, over the run's whole span including the
 drain, so the queue each step inherits from the previous one is modelled too. Each replication
-draws fresh fan-outs and latencies; both sides are measured by `capacity.measure.window_metrics`
-over the same windows, and the prediction is the mean over replications with a Student t 95%
+draws fresh fan-outs and latencies. Both sides are measured by `capacity.measure.window_metrics`
+over the same windows. The prediction is the mean over replications with a Student t 95%
 half-width.
 
 Accuracy targets, checked on the steps not used for calibration whose offered rate is 50% to

@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from capacity import report as report_files
-from capacity.alert_tuning import write_rules
+from capacity.alert_tuning import AlertThresholds, default_thresholds, write_rules
 from capacity.bundle import RunBundle, load_bundle
 from capacity.notebooks import (
     ANALYSIS_SETTINGS,
@@ -64,7 +64,7 @@ DEFAULT_MAX_ERROR_RATE = 0.02
 # A burst this many times the peak rate is what the queue must absorb without drops.
 DEFAULT_BURST_FACTOR = 2.0
 DEFAULT_SEED = 1
-ASSUMED_BYTES_PER_KEY = (80.0, 120.0)
+ASSUMED_BYTES_PER_KEY = (110.0, 160.0)
 REDIS_URL_VARIABLE = "SUPERVISOR_REDIS_URL"
 DATABASE_URL_VARIABLE = "SUPERVISOR_DATABASE_URL"
 
@@ -377,6 +377,7 @@ def run_plan(options: PlanOptions, progress: StageProgress) -> Path:
             seed=options.seed,
             overload_start_s=settings.alert_overload_start_s,
             overload_duration_s=settings.alert_overload_duration_s,
+            base_thresholds=base_thresholds_for(base_config),
         )
         write_rules(out_dir / report_files.RULES_FILE, plan.thresholds)
         figures.append(
@@ -459,7 +460,7 @@ def prepare_report_dir(out_dir: Path) -> None:
 
 
 def check_services(options: PlanOptions) -> None:
-    """Check the bundle folder and that Redis and the database answer, before any long work."""
+    """Check the bundle folder and that Redis and the database respond, before any long work."""
     from supervisor.settings import mask_url
 
     if options.bundle_dir is not None:
@@ -478,8 +479,8 @@ def _ping_redis(url: str, shown_url: str) -> None:
         client.ping()
     except (redis.RedisError, ValueError) as error:
         raise PlanError(
-            f"{REDIS_URL_VARIABLE}={shown_url} does not answer ({error}): start Redis or unset "
-            "the variable to dedup in process"
+            f"{REDIS_URL_VARIABLE}={shown_url} did not respond to PING ({error}): start Redis "
+            "or unset the variable to dedup in process"
         ) from error
     finally:
         client.close()
@@ -500,8 +501,8 @@ def _connect_database(url: str, shown_url: str) -> None:
             pass
     except sa.exc.SQLAlchemyError as error:
         raise PlanError(
-            f"{DATABASE_URL_VARIABLE}={shown_url} does not answer: start the database or unset "
-            "the variable to use a fresh SQLite file"
+            f"connection to {DATABASE_URL_VARIABLE}={shown_url} failed: start the database or "
+            "unset the variable to use a fresh SQLite file"
         ) from error
     finally:
         engine.dispose()
@@ -697,6 +698,17 @@ def estimate_capacity_rate_per_s(
     return min(throughput_per_s / min(utilization, 1.0), cpu_capacity_per_s(config))
 
 
+def base_thresholds_for(config: ModelConfig) -> AlertThresholds:
+    """Return the default thresholds with the full refresh interval of `config`.
+
+    The stale-refresh alerts then match the refresh cadence the plan recommends.
+    """
+    return replace(
+        default_thresholds(),
+        full_refresh_interval_ms=round(config.refresh.full_refresh_interval_ms),
+    )
+
+
 def _mean_e2e_latency_s(pool: Any) -> float:
     summary: pd.DataFrame = pool.sweep.summary
     rows = summary[summary["pool_size"] == pool.pool_size]
@@ -722,8 +734,9 @@ def _bytes_per_key(options: PlanOptions) -> tuple[float, float]:
     if options.redis_url:
         prefix = f"capacity-plan:keysize:{os.getpid()}:"
         return measure_bytes_per_key(options.redis_url, prefix).range
-    # NOTE: an assumed range for a short key with a 4-byte value and a TTL on a 64-bit Redis 7;
-    # set SUPERVISOR_REDIS_URL to measure it with MEMORY USAGE instead.
+    # NOTE: an estimate. MEMORY USAGE on Redis 7.0.15 gave 136 bytes for a 65-character key
+    # with a TTL; the range allows for shorter and longer event ids. Set SUPERVISOR_REDIS_URL
+    # to measure the Redis that will be used.
     return ASSUMED_BYTES_PER_KEY
 
 

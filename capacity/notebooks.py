@@ -2,8 +2,9 @@
 
 The three notebooks in `notebooks/` explain what the capacity plan computed: the pool size sweep,
 simulated against measured, and the alert thresholds. Each starts with a cell tagged
-`parameters` holding `bundle_dir`, `report_dir` and `fast`; papermill replaces it when
-`execute_notebooks` runs them into a report folder, and `pytest --nbmake` runs them as committed.
+`parameters` that sets `bundle_dir`, `report_dir` and `fast`. Papermill injects new values
+after it when `execute_notebooks` runs them into a report folder, and `pytest --nbmake` runs
+them as committed.
 
 An empty `bundle_dir` means the sample bundle in `examples/sample-bundle`, and `fast = None`
 means "read `CAPACITY_FAST`", which `.ci/run` sets to 1 so that each notebook runs in well under a

@@ -1,6 +1,6 @@
 """Report folder of the capacity plan: the decision as data (`recommendation.json`) and as text.
 
-The folder holds `recommendation.json`, `comparison.csv`, `verification.json`, the alert rules
+The folder contains `recommendation.json`, `comparison.csv`, `verification.json`, the alert rules
 file `supervisor.rules.yml`, `README.md`, `figures/*.png`, `model/` (the calibrated model
 config), `bundles/` (the measured runs) and `notebooks/*.html`. This module writes the data and
 text files from results the other stages computed; it computes nothing but the verification
@@ -53,7 +53,7 @@ class ReportError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class PlanInputs:
-    """What the plan was asked for: the load to size for, the targets and where data came from."""
+    """Inputs of a plan: the load to size for, the targets and the source of the measurements."""
 
     peak_rate_per_s: float
     peak_rate_source: str
@@ -333,11 +333,12 @@ def _decision_section(rec: Recommendation) -> str:
         f"{_cell(rec.pool_uncertainty)} |",
         f"| `SUPERVISOR_QUEUE_MAX_SIZE` | {rec.queue_max_size} | {_cell(rec.queue_reason)} | "
         f"{_cell(rec.queue_uncertainty)} |",
-        f"| `SUPERVISOR_CONFIG_REFRESH_MS` | {rec.refresh_interval_ms:g} | database load: "
-        f"{_cell(rec.database_load)} | see recommendation.json |",
+        f"| `SUPERVISOR_CONFIG_REFRESH_MS` | {rec.refresh_interval_ms:g} | as measured; "
+        f"database load {_database_text(rec.database_load)} | low to high in brackets |",
         f"| `SUPERVISOR_CONFIG_FULL_REFRESH_MS` | {rec.full_refresh_interval_ms:g} | "
         "as measured | |",
-        f"| Redis memory for dedup keys | | {_cell(rec.redis_memory)} | |",
+        f"| Redis memory for dedup keys | | {_redis_text(rec.redis_memory)} | "
+        "low to high in brackets |",
         "",
         "Alert thresholds (written to `supervisor.rules.yml`):",
         "",
@@ -358,8 +359,8 @@ def _evidence_section(contents: ReportContents) -> str:
     lines = [
         "## Evidence",
         "",
-        f"Model prediction at the design rate with {rec.pool_size} workers: "
-        f"{_cell(rec.predicted_at_peak)}.",
+        f"Model prediction at the design rate with {rec.pool_size} workers "
+        f"(mean ± 95% CI half-width): {_prediction_text(rec.predicted_at_peak)}.",
         "",
         *_accuracy_lines(rec.accuracy),
     ]
@@ -368,6 +369,56 @@ def _evidence_section(contents: ReportContents) -> str:
         lines += ["", "Measured against predicted per load step (`comparison.csv`):", ""]
         lines += _markdown_table(table[list(COMPARISON_COLUMNS)])
     return "\n".join(lines)
+
+
+def _estimate_text(value: Any) -> str:
+    """Format a `{value, low, high}` estimate as `value (low to high)`."""
+    if not isinstance(value, dict) or "value" not in value:
+        return _number(value)
+    central, low, high = (_number(value.get(key)) for key in ("value", "low", "high"))
+    return central if low == high == central else f"{central} ({low} to {high})"
+
+
+def _database_text(load: Any) -> str:
+    plain = to_plain(load)
+    if not isinstance(plain, dict) or "queries_per_s" not in plain:
+        return _cell(plain)
+    return (
+        f"{_estimate_text(plain['queries_per_s'])} queries/s and "
+        f"{_estimate_text(plain.get('rows_per_s'))} rows/s over "
+        f"{plain.get('shard_count', '?')} shard(s)"
+    )
+
+
+def _redis_text(memory: Any) -> str:
+    plain = to_plain(memory)
+    if not isinstance(plain, dict) or "memory_mib" not in plain:
+        return _cell(plain)
+    return (
+        f"{_estimate_text(plain['memory_mib'])} MiB for "
+        f"{_estimate_text(plain.get('keys'))} keys"
+    )
+
+
+_PREDICTION_METRICS = (
+    ("p95_e2e_latency_s", "p95 end-to-end latency (s)"),
+    ("drop_rate", "drop rate"),
+    ("execution_error_rate", "execution error rate"),
+    ("utilization", "utilization"),
+    ("mean_queue_depth", "mean queue depth"),
+)
+
+
+def _prediction_text(predicted: Mapping[str, Any]) -> str:
+    parts = []
+    for key, label in _PREDICTION_METRICS:
+        if key not in predicted:
+            continue
+        text = f"{label} {_number(predicted[key])}"
+        if f"{key}_ci95" in predicted:
+            text += f" ± {_number(predicted[f'{key}_ci95'])}"
+        parts.append(text)
+    return ", ".join(parts) if parts else _cell(predicted)
 
 
 def _accuracy_lines(accuracy: Any) -> list[str]:
@@ -457,7 +508,7 @@ def _caveats_section(contents: ReportContents) -> str:
             "Dedup ran in process, not in Redis, so the Redis round trip is not in the "
             "measured latency."
         )
-    if inputs.database_backend != "postgresql":
+    if inputs.recorded_here and inputs.database_backend != "postgresql":
         caveats.append(
             f"The config database was {inputs.database_backend}, not PostgreSQL, so the "
             "refresh durations are not those of production."

@@ -13,39 +13,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-SUPERVISOR_COLUMNS = (
-    "timestamp",
-    "t_s",
-    "target",
-    "queue_depth",
-    "queue_capacity",
-    "workers_busy",
-    "pool_size",
-    "received_total",
-    "processed_total",
-    "failed_total",
-    "dropped_total",
-    "duplicate_total",
-    "not_owned_total",
-    "rejected_total",
-    "in_flight",
-    "lag_sum_s",
-    "lag_count",
-    "e2e_sum_s",
-    "e2e_count",
-    "lag_mean_s",
-    "lag_p95_s",
-    "e2e_mean_s",
-    "e2e_p95_s",
-    "dedup_hit_total",
-    "dedup_miss_total",
-    "dedup_error_total",
-    "executions_total",
-    "execution_errors_total",
-    "full_refresh_last_success_unix_s",
-    "incremental_refresh_last_success_unix_s",
-    "cpu_seconds",
-)
+from simulation.monitor import SERIES_COLUMNS
+
+# The column set is one contract shared with the model's series (docs/interfaces.md).
+SUPERVISOR_COLUMNS = SERIES_COLUMNS
 
 STUB_COLUMNS = (
     "timestamp",

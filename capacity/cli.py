@@ -686,7 +686,9 @@ def estimate_capacity_rate_per_s(
 
     Throughput over worker utilization is the rate that would keep every worker busy; the
     event-loop core caps it (`cpu_capacity_per_s`). The sweep ran at the design rate, so this
-    extrapolates the measured service time of that rate to full load.
+    extrapolates the service time of that rate to full load. That is optimistic when the
+    execution service slows down with more concurrent calls, so overload runs built on it are
+    at least as heavy as their factor says.
     """
     from capacity.recommend import cpu_capacity_per_s
 

@@ -59,11 +59,11 @@ def test_invalid_option_exits_2(
 def test_verify_defaults_by_source(tmp_path: Path, no_service_urls: None) -> None:
     recorded = parse_options(["--out", str(tmp_path)])
     from_bundle = parse_options(["--bundle", str(tmp_path), "--out", str(tmp_path)])
-    asked = parse_options(["--bundle", str(tmp_path), "--verify"])
+    requested = parse_options(["--bundle", str(tmp_path), "--verify"])
 
     assert recorded.verify
     assert not from_bundle.verify
-    assert asked.verify
+    assert requested.verify
 
 
 def test_service_urls_read_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,7 +107,7 @@ def test_non_empty_out_rejected(
     assert "--out" in line
 
 
-def test_redis_not_answering_one_line(
+def test_redis_not_responding_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("SUPERVISOR_REDIS_URL", f"redis://:secret@127.0.0.1:{free_port()}/0")
@@ -123,7 +123,7 @@ def test_redis_not_answering_one_line(
     assert not (tmp_path / "report" / "bundles").exists()
 
 
-def test_database_not_answering_one_line(
+def test_database_unreachable_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("SUPERVISOR_REDIS_URL", raising=False)
@@ -232,6 +232,7 @@ def fast_mode(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(QUICK_TIMEOUT_S)
 def test_plan_from_sample_bundle(
     tmp_path: Path, no_service_urls: None, fast_mode: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -262,6 +263,7 @@ def _processes_mentioning(text: str) -> list[psutil.Process]:
 
 @pytest.mark.slow
 @pytest.mark.e2e
+@pytest.mark.timeout(QUICK_TIMEOUT_S + 60)
 def test_quick_plan_end_to_end(tmp_path: Path) -> None:
     report_dir = tmp_path / "report"
     env = {

@@ -361,7 +361,7 @@ def run_plan(options: PlanOptions, progress: StageProgress) -> Path:
         redis = recommend.redis_memory(
             event_rate_per_s=peak_rate_per_s * options.headroom,
             dedup_ttl_ms=_dedup_ttl_ms(measured.bundle),
-            bytes_per_key=_bytes_per_key(options),
+            bytes_per_key=bytes_per_key(options),
             duplicate_ratio=base_config.duplicate_ratio,
             in_flight_s=_mean_e2e_latency_s(pool),
         )
@@ -729,7 +729,7 @@ def _queue_uncertainty(queue: Any) -> dict[str, Any]:
     }
 
 
-def _bytes_per_key(options: PlanOptions) -> tuple[float, float]:
+def bytes_per_key(options: PlanOptions) -> tuple[float, float]:
     """Measure the dedup key size in the given Redis, or assume a range without one."""
     from capacity.recommend import measure_bytes_per_key
 

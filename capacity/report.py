@@ -503,7 +503,7 @@ def _caveats_section(contents: ReportContents) -> str:
             "so the measured capacity is lower than on a dedicated host. Calibrate from a "
             "staging bundle (`--bundle`) for the production decision."
         )
-    if inputs.dedup_backend != "redis":
+    if inputs.dedup_backend not in ("redis", "unknown"):
         caveats.append(
             "Dedup ran in process, not in Redis, so the Redis round trip is not in the "
             "measured latency."

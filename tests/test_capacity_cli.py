@@ -15,7 +15,15 @@ import psutil
 import pytest
 from conftest import free_port
 
-from capacity.cli import PlanError, choose_peak_rate, main, parse_options
+from capacity.cli import (
+    ASSUMED_BYTES_PER_KEY,
+    PlanError,
+    bytes_per_key,
+    check_services,
+    choose_peak_rate,
+    main,
+    parse_options,
+)
 from capacity.notebooks import NOTEBOOK_NAMES, SAMPLE_BUNDLE_DIR
 from capacity.progress import StageProgress
 
@@ -135,6 +143,31 @@ def test_database_unreachable_one_line(
 
     assert code == 1
     assert "SUPERVISOR_DATABASE_URL" in _error_line(capsys)
+
+
+@pytest.mark.integration
+def test_real_services_pass_checks(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    redis_server_url: str,
+    postgres_server_url: str,
+) -> None:
+    monkeypatch.setenv("SUPERVISOR_REDIS_URL", redis_server_url)
+    monkeypatch.setenv("SUPERVISOR_DATABASE_URL", postgres_server_url)
+    options = parse_options(["--quick", "--out", str(tmp_path / "report")])
+
+    check_services(options)
+    low_bytes, high_bytes = bytes_per_key(options)
+
+    assert options.redis_url == redis_server_url
+    assert options.database_url == postgres_server_url
+    assert 40 <= low_bytes <= high_bytes <= 1000
+
+
+def test_bytes_per_key_assumed_without_redis(tmp_path: Path, no_service_urls: None) -> None:
+    options = parse_options(["--out", str(tmp_path)])
+
+    assert bytes_per_key(options) == ASSUMED_BYTES_PER_KEY
 
 
 def _steps(drop_rates: list[float], p95_s: list[float]) -> pd.DataFrame:

@@ -40,7 +40,7 @@ import tomli_w
 from scipy import optimize, stats
 
 from capacity.bundle import RunBundle
-from capacity.measure import event_times_from_bundle, measurement_windows
+from capacity.measure import event_times_from_bundle, measure_steps, measurement_windows
 from simulation.config import (
     ArrivalConfig,
     CpuConfig,
@@ -56,6 +56,9 @@ FloatArray = npt.NDArray[np.float64]
 LatencyModel = Literal["lognormal", "empirical"]
 
 SATURATION_UTILIZATION = 0.8
+OVERLOAD_DROP_RATE = 0.02
+KNIFE_EDGE_BAND = 0.1
+SERVICE_GROWTH_NOTE = 0.03
 MAX_KEPT_SAMPLES = 2000
 DEFAULT_BACKOFF_MS = 50.0
 
@@ -247,8 +250,38 @@ def utilization_per_step(bundle: RunBundle) -> dict[int, float]:
     return result
 
 
+def choose_calibration_steps(measured: pd.DataFrame) -> list[int]:
+    """Pick interleaved calibration steps from per-step measurements (`measure_steps` rows).
+
+    With at least three steps and an overloaded one (drop rate at least `OVERLOAD_DROP_RATE`):
+    the lowest-rate step, which pins the latency shape; the highest-rate overloaded step,
+    whose throughput is the pool size over the mean service time under real load, which pins
+    the service rate; and the step whose offered rate is nearest that throughput when it is
+    within `KNIFE_EDGE_BAND` of it, because there the queue depends so steeply on the service
+    rate that a short window measures noise rather than the model. Otherwise, the steps
+    with utilisation below `SATURATION_UTILIZATION`, or the first step.
+    """
+    ordered = measured.sort_values("offered_rate_per_s")
+    overloaded = ordered[ordered["drop_rate"] >= OVERLOAD_DROP_RATE]
+    if len(ordered) < 3 or overloaded.empty:
+        return []
+    lowest = int(ordered["load_step"].iloc[0])
+    top = int(overloaded["load_step"].iloc[-1])
+    chosen = {lowest, top}
+    throughput_per_s = float(overloaded["throughput_per_s"].iloc[-1])
+    rest = ordered[~ordered["load_step"].isin(chosen)]
+    if not rest.empty and throughput_per_s > 0:
+        distance = (rest["offered_rate_per_s"] / throughput_per_s - 1.0).abs()
+        if float(distance.min()) <= KNIFE_EDGE_BAND:
+            chosen.add(int(rest["load_step"].iloc[int(np.argmin(distance.to_numpy()))]))
+    return sorted(chosen)
+
+
 def default_calibration_steps(bundle: RunBundle) -> list[int]:
-    """Return the steps below saturation (utilisation < 0.8), or the first step if none is."""
+    """Return the interleaved steps of `choose_calibration_steps`, or the unsaturated ones."""
+    chosen = choose_calibration_steps(measure_steps(bundle))
+    if chosen:
+        return chosen
     utilization = utilization_per_step(bundle)
     below = [step for step, value in utilization.items() if value < SATURATION_UTILIZATION]
     return below or [min(utilization)]
@@ -397,6 +430,30 @@ def _mean_service_s(bundle: RunBundle, windows: Sequence[tuple[float, float]]) -
     return float(service_s.mean())
 
 
+def _note_service_growth(
+    bundle: RunBundle, windows: Sequence[tuple[float, float]], notes: list[str]
+) -> None:
+    """Note how the mean event service time of the busiest calibration step compares with the
+    quietest one's: a growth beyond `SERVICE_GROWTH_NOTE` means the service slows under load
+    (for example CPU contention) or the run started slowly; the fitted latency averages over
+    the steps."""
+    if len(windows) < 2:
+        return
+    first_s = _mean_service_s(bundle, windows[:1])
+    last_s = _mean_service_s(bundle, windows[-1:])
+    growth = last_s / first_s - 1.0
+    notes.append(
+        f"mean event service time {first_s * 1000:.1f} ms in the first calibration step, "
+        f"{last_s * 1000:.1f} ms in the last ({growth:+.1%})"
+    )
+    if abs(growth) > SERVICE_GROWTH_NOTE:
+        notes.append(
+            "the service time differs between calibration steps by more than sampling noise "
+            "(a slowdown under load, or a slow start of the run); the fitted latency averages "
+            "over the calibration steps, so expect errors in between"
+        )
+
+
 def calibrate(
     bundle: RunBundle, steps: Sequence[int] | None = None, *,
     latency_model: LatencyModel = "lognormal",
@@ -439,6 +496,7 @@ def calibrate(
         duration_s=sum(step.duration_s for step in bundle.load_steps),
     )
     mean_service_s = _mean_service_s(bundle, windows)
+    _note_service_growth(bundle, windows, notes)
     logger.info(
         "Calibrated on steps %s: latency median %.2f ms sigma %.3f (%d samples), CPU %.3f ms "
         "per event, Zipf exponent %.3f",

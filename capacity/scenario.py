@@ -7,9 +7,9 @@ processes on loopback ports, runs `locust -f loadtests` against them, and stops 
 started, also when the run fails. The bundle it writes is the only input of the analysis.
 
 The quick scenario is sized so that the worker pool saturates (not the CPU of this shared
-machine): four workers, a stub with a lognormal latency of median 20 ms, a fan-out of a few
-configs per channel, and five steps from about 50% to 130% of the pool's capacity, all well
-under 200 events/s.
+machine): eight workers, a stub with a lognormal latency of median 50 ms, a fan-out of about
+1.7 calls per event, and eight steps from about 40% to 140% of the pool's capacity (about
+115 events/s), with one step near 100% and one well past it for the calibration.
 """
 
 from __future__ import annotations
@@ -103,26 +103,36 @@ class RunScenario:
 
 
 def quick_scenario() -> RunScenario:
-    """Return the scenario of `capacity-plan --quick`: five 30 s steps, about 3 minutes."""
-    rates_per_s = (60.0, 84.0, 108.0, 132.0, 156.0)
-    return RunScenario(
-        name="quick",
-        profile_steps=tuple((30.0, rate) for rate in rates_per_s),
-        stub_capacity=24,
-        stub_error_rate=0.005,
-    )
+    """Return the scenario of `capacity-plan --quick`: eight 22 s steps, about 3 minutes.
+
+    Eight workers, a stub with median 50 ms, and 16 configs over 12 channels (a fan-out of
+    about 1.7) give a capacity near 115 events/s and 1,000 to 3,000 events per step, while
+    the supervisor, the stub and Locust together use about a third of one core. The rates rise
+    by a constant increment (the load tests' step profile) from about 40% to 140% of capacity,
+    so that one step sits near 100% and one well past it; calibration uses those two and the
+    lowest (see `capacity.calibrate.choose_calibration_steps`) and the others judge the model.
+    """
+    return _pool_eight_scenario("quick", step_duration_s=22.0)
 
 
 def full_scenario() -> RunScenario:
-    """Return the full scenario: eight 120 s steps from about 40% to 145% of capacity."""
-    rates_per_s = tuple(48.0 + 24.0 * index for index in range(8))
+    """Return the full scenario: the quick scenario's setting and rates with 120 s steps."""
+    return _pool_eight_scenario("full", step_duration_s=120.0)
+
+
+def _pool_eight_scenario(name: str, step_duration_s: float) -> RunScenario:
+    rates_per_s = tuple(45.0 + 17.0 * index for index in range(8))
     return RunScenario(
-        name="full",
-        profile_steps=tuple((120.0, rate) for rate in rates_per_s),
+        name=name,
+        profile_steps=tuple((step_duration_s, rate) for rate in rates_per_s),
+        stub_latency_median_ms=50.0,
         stub_capacity=24,
         stub_error_rate=0.005,
-        config_count=60,
-        channel_count=20,
+        pool_size=8,
+        queue_max=200,
+        config_count=16,
+        channel_count=12,
+        config_zipf_s=0.5,
     )
 
 

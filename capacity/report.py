@@ -151,6 +151,7 @@ class Verification:
     predicted_drop_rate_ci95: float
     target_latency_ms: float
     max_drop_rate: float
+    notes: tuple[str, ...] = ()
 
     @property
     def latency_relative_error(self) -> float:
@@ -464,6 +465,9 @@ def _verification_section(verification: Mapping[str, Any]) -> str:
         f"{_number(verification['predicted_drop_rate'])} | "
         f"{_number(verification['predicted_drop_rate_ci95'])} |",
     ]
+    notes = verification.get("notes") or []
+    if notes:
+        lines += ["", *(f"Note: {note}." for note in notes)]
     return "\n".join(lines)
 
 

@@ -226,6 +226,16 @@ def test_verification_wide_ci_agrees() -> None:
     assert result.latency_agrees
 
 
+def test_verification_notes_in_readme(tmp_path: Path) -> None:
+    note = "the verification run used a fresh SQLite config database"
+    verification = _verification(notes=(note,)).as_dict()
+
+    readme = (_write(tmp_path, verification) / "README.md").read_text()
+
+    assert verification["notes"] == [note]
+    assert f"Note: {note}." in readme
+
+
 def test_verification_json_fields() -> None:
     document = _verification(predicted_drop_rate_ci95=math.nan).as_dict()
 

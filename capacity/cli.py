@@ -162,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bundle", type=Path, default=None, metavar="DIR",
                         help="analyse this run bundle (for example from staging) instead of "
                         "recording a run here")
+
     parser.add_argument("--peak-rate-per-s", type=_number_at_least(0.0, above=True),
                         metavar="R", help="planned peak events/s (default: the highest measured "
                         "step served without drops and within the latency target)")
@@ -180,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_BURST_FACTOR:g} times the peak rate)")
     parser.add_argument("--burst-duration-s", type=_number_at_least(0.0, above=True),
                         metavar="S", help="length of that burst in s (default 10 to 30 by mode)")
+
     parser.add_argument("--shards", type=_whole_number_at_least(1), metavar="N",
                         help="planned SUPERVISOR_SHARD_COUNT (default: the measured run's)")
     parser.add_argument("--configs-total", type=_whole_number_at_least(1), metavar="N",
@@ -188,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--changed-rows-per-s", type=_number_at_least(0.0), default=1.0,
                         metavar="R", help="config rows changed per second in production, for "
                         "the incremental refresh load (default %(default)s)")
+
     parser.add_argument("--verify", action=argparse.BooleanOptionalAction, default=None,
                         help="run the verification run at the recommendation (default: on, "
                         "off with --bundle)")
@@ -698,7 +701,7 @@ def estimate_capacity_rate_per_s(
     event-loop core caps it (`cpu_capacity_per_s`). The sweep ran at the design rate, so this
     extrapolates the service time of that rate to full load. That is optimistic when the
     execution service slows down with more concurrent calls, so overload runs built on it are
-    at least as heavy as their factor says.
+    at least as heavy as their factor.
     """
     from capacity.recommend import cpu_capacity_per_s
 

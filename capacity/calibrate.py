@@ -18,9 +18,9 @@ What is taken from where:
   per event and a worker cost per event (per-call cost times the mean fan-out);
 - duplicate ratio: duplicates over events received in the series.
 
-Calibration steps: by default the steps where the measured worker utilisation (busy workers
-over pool size, from the series) stays below 0.8, which are the steps below saturation; when
-no step qualifies, the first one. The other steps judge the model.
+Calibration steps: by default three interleaved steps (`choose_calibration_steps`): the lowest,
+the one nearest capacity and the highest overloaded one. Without an overloaded step, the steps
+where the measured worker utilisation stays below 0.8. The other steps judge the model.
 """
 
 from __future__ import annotations
@@ -253,13 +253,12 @@ def utilization_per_step(bundle: RunBundle) -> dict[int, float]:
 def choose_calibration_steps(measured: pd.DataFrame) -> list[int]:
     """Pick interleaved calibration steps from per-step measurements (`measure_steps` rows).
 
-    With at least three steps and an overloaded one (drop rate at least `OVERLOAD_DROP_RATE`):
-    the lowest-rate step, which pins the latency shape; the highest-rate overloaded step,
-    whose throughput is the pool size over the mean service time under real load, which pins
-    the service rate; and the step whose offered rate is nearest that throughput when it is
-    within `KNIFE_EDGE_BAND` of it, because there the queue depends so steeply on the service
-    rate that a short window measures noise rather than the model. Otherwise, the steps
-    with utilisation below `SATURATION_UTILIZATION`, or the first step.
+    This needs at least three steps and an overloaded one (drop rate at least
+    `OVERLOAD_DROP_RATE`), else it returns an empty list. The lowest-rate step pins the latency
+    shape. The highest-rate overloaded step pins the service rate: its throughput is the pool
+    size over the mean service time under real load. The step whose offered rate is nearest
+    that throughput is added when within `KNIFE_EDGE_BAND` of it, because there the queue
+    depends so steeply on the service rate that a short window measures noise, not the model.
     """
     ordered = measured.sort_values("offered_rate_per_s")
     overloaded = ordered[ordered["drop_rate"] >= OVERLOAD_DROP_RATE]

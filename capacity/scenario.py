@@ -6,8 +6,8 @@ fresh database, and the step load profile. `record_run` starts the stub and one 
 processes on loopback ports, runs `locust -f loadtests` against them, and stops every process it
 started, also when the run fails. The bundle it writes is the only input of the analysis.
 
-The quick scenario is sized so that the worker pool saturates (not the CPU of this shared
-machine): eight workers, a stub with a lognormal latency of median 50 ms, a fan-out of about
+The quick scenario is sized so that the worker pool saturates, not the CPU of this shared
+machine. It has eight workers, a stub with a lognormal latency of median 50 ms, a fan-out of about
 1.7 calls per event, and eight steps from about 40% to 140% of the pool's capacity (about
 115 events/s), with one step near 100% and one well past it for the calibration.
 """
@@ -106,8 +106,8 @@ def quick_scenario() -> RunScenario:
     """Return the scenario of `capacity-plan --quick`: eight 22 s steps, about 3 minutes.
 
     Eight workers, a stub with median 50 ms, and 16 configs over 12 channels (a fan-out of
-    about 1.7) give a capacity near 115 events/s and 1,000 to 3,000 events per step, while
-    the supervisor, the stub and Locust together use about a third of one core. The rates rise
+    about 1.7) give a capacity near 115 events/s and 1,000 to 3,000 events per step. The
+    supervisor, the stub and Locust together use about a quarter of one core. The rates rise
     by a constant increment (the load tests' step profile) from about 40% to 140% of capacity,
     so that one step sits near 100% and one well past it; calibration uses those two and the
     lowest (see `capacity.calibrate.choose_calibration_steps`) and the others judge the model.

@@ -119,7 +119,7 @@ def _steps(offered: list[float], throughput: list[float], drops: list[float]) ->
     })
 
 
-def test_calibration_steps_interleave_low_knife_edge_and_overload() -> None:
+def test_calibration_steps_interleaved() -> None:
     measured = _steps(
         offered=[50.0, 70.0, 90.0, 110.0, 130.0, 150.0],
         throughput=[50.0, 70.0, 90.0, 105.0, 112.0, 113.0],
@@ -130,7 +130,7 @@ def test_calibration_steps_interleave_low_knife_edge_and_overload() -> None:
     assert choose_calibration_steps(measured) == [0, 3, 5]
 
 
-def test_calibration_steps_skip_knife_edge_far_from_capacity() -> None:
+def test_calibration_steps_skip_far_knife_edge() -> None:
     measured = _steps(
         offered=[40.0, 70.0, 160.0],
         throughput=[40.0, 70.0, 100.0],

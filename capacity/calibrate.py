@@ -355,13 +355,29 @@ def _refresh_info(
             gaps_s = np.diff(np.sort(stamps))
             info[f"{kind}_refreshes_seen"] = int(stamps.size)
             info[f"{kind}_mean_gap_s"] = float(gaps_s.mean()) if gaps_s.size else None
-    # NOTE: the series has no refresh durations, so database time and loop stalls stay 0; the
-    # CPU fit's idle term carries the refresh work on average.
+    # NOTE: the supervisor runs refresh queries in a worker thread, so a refresh costs database
+    # time but no measured loop stall; the stalls stay 0 and the CPU fit's idle term carries
+    # the loop's share of the refresh work.
     refresh = RefreshConfig(
         refresh_interval_ms=info["refresh_interval_ms"],
+        incremental_db_time_ms=_median_duration_ms(bundle, "incremental", info),
         full_refresh_interval_ms=info["full_refresh_interval_ms"],
+        full_db_time_ms=_median_duration_ms(bundle, "full", info),
     )
     return refresh, info
+
+
+def _median_duration_ms(bundle: RunBundle, kind: str, info: dict[str, Any]) -> float:
+    """Median of the `last_duration_s` values a run's scrapes saw for one refresh kind, in ms."""
+    column = f"{kind}_refresh_last_duration_s"
+    if column not in bundle.series:
+        return 0.0
+    durations_s = pd.to_numeric(bundle.series[column], errors="coerce").dropna().unique()
+    if durations_s.size == 0:
+        return 0.0
+    median_ms = float(np.median(durations_s)) * 1000.0
+    info[f"{kind}_refresh_median_duration_ms"] = median_ms
+    return median_ms
 
 
 def _execution_config(

@@ -76,11 +76,15 @@ def _window_value(snapshot: Snapshot, key: str) -> float | None:
 
 
 def _last_success(snapshot: Snapshot, kind: str) -> object:
+    return _refresh_value(snapshot, kind, "last_success_unix_s")
+
+
+def _refresh_value(snapshot: Snapshot, kind: str, key: str) -> object:
     refresh = _section(snapshot, "refresh")
     section = refresh.get(kind)
     if not isinstance(section, Mapping):
         return None
-    return section.get("last_success_unix_s")
+    return section.get(key)
 
 
 def supervisor_row(
@@ -135,6 +139,10 @@ def supervisor_row(
         "execution_errors_total": execution_errors,
         "full_refresh_last_success_unix_s": _last_success(snapshot, "full"),
         "incremental_refresh_last_success_unix_s": _last_success(snapshot, "incremental"),
+        "full_refresh_last_duration_s": _refresh_value(snapshot, "full", "last_duration_s"),
+        "incremental_refresh_last_duration_s": _refresh_value(
+            snapshot, "incremental", "last_duration_s"
+        ),
         "cpu_seconds": _section(snapshot, "process").get("cpu_seconds"),
     }
 

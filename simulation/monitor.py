@@ -54,6 +54,8 @@ SERIES_COLUMNS: tuple[str, ...] = (
     "execution_errors_total",
     "full_refresh_last_success_unix_s",
     "incremental_refresh_last_success_unix_s",
+    "full_refresh_last_duration_s",
+    "incremental_refresh_last_duration_s",
     "cpu_seconds",
 )
 
@@ -297,6 +299,9 @@ def scrape_series(run: RunRecords, scrape_interval_s: float) -> pd.DataFrame:
         "incremental_refresh_last_success_unix_s": _last_before(
             run.incremental_refresh_done_s, at_s, run.start_unix_s
         ),
+        # The model's refresh cost is an input, not a measurement, so it is not sampled.
+        "full_refresh_last_duration_s": np.full(at_s.size, np.nan),
+        "incremental_refresh_last_duration_s": np.full(at_s.size, np.nan),
         "cpu_seconds": cpu_seconds,
     }
     return pd.DataFrame(columns, columns=list(SERIES_COLUMNS))

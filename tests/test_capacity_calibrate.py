@@ -185,3 +185,31 @@ def test_calibration_write_round_trips(tmp_path: Path) -> None:
 def test_calibrate_rejects_unknown_step() -> None:
     with pytest.raises(CalibrationError, match="choose from"):
         calibrate(load_bundle(SAMPLE_BUNDLE), steps=[99])
+
+
+def test_refresh_durations_become_database_time() -> None:
+    bundle = load_bundle(SAMPLE_BUNDLE)
+    series = bundle.series.copy()
+    series["incremental_refresh_last_duration_s"] = np.resize([0.002, 0.004, 0.006], len(series))
+    series["full_refresh_last_duration_s"] = np.resize([0.010, 0.030], len(series))
+    bundle.series = series
+
+    refresh = calibrate(bundle).model_config.refresh
+
+    assert refresh.incremental_db_time_ms == pytest.approx(4.0)
+    assert refresh.full_db_time_ms == pytest.approx(20.0)
+    assert refresh.incremental_stall_ms == 0.0
+    assert refresh.full_stall_ms == 0.0
+
+
+def test_refresh_without_durations_costs_nothing() -> None:
+    bundle = load_bundle(SAMPLE_BUNDLE)
+    bundle.series = bundle.series.drop(
+        columns=["incremental_refresh_last_duration_s", "full_refresh_last_duration_s"],
+        errors="ignore",
+    )
+
+    refresh = calibrate(bundle).model_config.refresh
+
+    assert refresh.incremental_db_time_ms == 0.0
+    assert refresh.full_db_time_ms == 0.0

@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -259,11 +260,23 @@ async def serve(settings: Settings, stop_requested: asyncio.Event | None = None)
         loop.add_signal_handler(signum, _on_signal, signum, stop_requested)
 
     service = Service.build(settings)
-    await service.start(settings.http_host, settings.http_port)
+    try:
+        await service.start(settings.http_host, settings.http_port)
+    except OSError as error:
+        await service.stop()
+        raise ServiceStartError(
+            f"cannot listen on {settings.http_host}:{settings.http_port} "
+            f"({error.strerror or error}): set SUPERVISOR_HTTP_PORT (or --port) to a free port "
+            "or stop the process that holds it"
+        ) from error
     try:
         await stop_requested.wait()
     finally:
         await service.stop()
+
+
+class ServiceStartError(RuntimeError):
+    """The instance could not start serving; the message names the cause and the fix."""
 
 
 def _on_signal(signum: int, stop_requested: asyncio.Event) -> None:
@@ -293,7 +306,11 @@ def main(args: argparse.Namespace) -> int:
     logger.info("Starting supervisor %s with %r", __version__, settings)
     started_s = time.monotonic()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(serve(settings))
+        try:
+            runner.run(serve(settings))
+        except ServiceStartError as error:
+            print(f"supervisor: {error}", file=sys.stderr)
+            return 1
     logger.info("Supervisor exited after %.1f s", time.monotonic() - started_s)
     return 0
 

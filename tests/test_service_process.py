@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,23 @@ def test_bad_setting_stops_the_start(tmp_path: Path) -> None:
 
     assert exit_code == 2
     assert "SUPERVISOR_WORKER_POOL_SIZE=0" in supervisor.log_text()
+
+
+def test_port_in_use_stops_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        supervisor = start_supervisor(
+            tmp_path, {"SUPERVISOR_HTTP_PORT": str(port)}, wait_ready=False
+        )
+        exit_code = supervisor.process.wait(timeout=30)
+
+    log = supervisor.log_text()
+    assert exit_code == 1
+    assert f"supervisor: cannot listen on 127.0.0.1:{port}" in log
+    assert "SUPERVISOR_HTTP_PORT" in log
+    assert "Traceback" not in log
 
 
 def test_not_ready_without_config_table(tmp_path: Path) -> None:

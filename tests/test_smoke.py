@@ -126,11 +126,15 @@ def _args(*argv: str) -> argparse.Namespace:
     return parser.parse_args(list(argv))
 
 
-def test_options_need_database_url() -> None:
+def test_options_default_to_service_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
     args = _args("--targets", "http://127.0.0.1:1", "--stub-url", "http://127.0.0.1:2")
 
-    with pytest.raises(smoke.SmokeOptionError, match="--database-url"):
-        smoke.build_options(args, environ={})
+    options = smoke.build_options(args, environ={})
+
+    assert options.database_url == f"sqlite:///{tmp_path / 'supervisor.db'}"
 
 
 def test_options_reject_target_without_scheme() -> None:

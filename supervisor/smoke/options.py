@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from supervisor.settings import default_database_url
 from supervisor.smoke.errors import SmokeOptionError
 
 DEFAULT_TOLERANCE_MS = 1000
@@ -60,7 +61,8 @@ def _add_service_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--database-url", default=None,
-        help="config database the instances read (default: SUPERVISOR_DATABASE_URL)",
+        help="config database the instances read (default: SUPERVISOR_DATABASE_URL, else "
+        "./supervisor.db as the service uses)",
     )
     parser.add_argument(
         "--stub-url", default=None,
@@ -178,13 +180,8 @@ def _targets(given: str) -> tuple[str, ...]:
 
 
 def _database_url(given: str | None, env: dict[str, str]) -> str:
-    database_url = given or env.get("SUPERVISOR_DATABASE_URL")
-    if not database_url:
-        raise SmokeOptionError(
-            "no config database: pass --database-url or set SUPERVISOR_DATABASE_URL to the "
-            "database the instances read"
-        )
-    return database_url
+    # The same fallback as the service's own setting, so a local set-up needs no option.
+    return given or env.get("SUPERVISOR_DATABASE_URL") or default_database_url()
 
 
 def _stub_url(given: str | None, env: dict[str, str]) -> str:

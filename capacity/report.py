@@ -334,10 +334,12 @@ def _decision_section(rec: Recommendation) -> str:
         f"{_cell(rec.pool_uncertainty)} |",
         f"| `SUPERVISOR_QUEUE_MAX_SIZE` | {rec.queue_max_size} | {_cell(rec.queue_reason)} | "
         f"{_cell(rec.queue_uncertainty)} |",
-        f"| `SUPERVISOR_CONFIG_REFRESH_MS` | {rec.refresh_interval_ms:g} | as measured; "
-        f"database load {_database_text(rec.database_load)} | low to high in brackets |",
-        f"| `SUPERVISOR_CONFIG_FULL_REFRESH_MS` | {rec.full_refresh_interval_ms:g} | "
-        "as measured | |",
+        f"| `SUPERVISOR_CONFIG_REFRESH_MS` | {rec.refresh_interval_ms:g} | the measured run's "
+        f"setting, kept; database load {_database_text(rec.database_load)} | "
+        "low to high in brackets |",
+        f"| `SUPERVISOR_CONFIG_FULL_REFRESH_MS` | {rec.full_refresh_interval_ms:g} | the measured "
+        "run's setting, not a recommendation: keep your production value (the service default "
+        "is 300000) unless the database load above asks for a change | |",
         f"| Redis memory for dedup keys | | {_redis_text(rec.redis_memory)} | "
         "low to high in brackets |",
         "",
@@ -436,6 +438,14 @@ def _accuracy_lines(accuracy: Any) -> list[str]:
         "| metric | within target | max relative error | max absolute error |",
         "| --- | --- | --- | --- |",
     ]
+    if not plain.get("passed"):
+        lines[1:1] = [
+            "",
+            "What to do: treat the pool and queue sizes as a first estimate. Rerun the plan "
+            "without `--quick` (longer steps give steadier measurements), on a machine where "
+            "the load generator does not share cores with the supervisor, and trust the "
+            "verification run below more than the sweep where the two disagree.",
+        ]
     for metric, values in metrics.items():
         values = values if isinstance(values, dict) else {}
         lines.append(

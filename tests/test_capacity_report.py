@@ -256,3 +256,21 @@ def test_to_plain_converts_frames_and_numpy() -> None:
         "path": "/x",
         "values": [0.5],
     }
+
+
+@pytest.mark.parametrize(("passed", "advised"), [(False, True), (True, False)])
+def test_accuracy_miss_gets_advice(passed: bool, advised: bool) -> None:
+    from capacity.report import _accuracy_lines
+
+    accuracy = {
+        "passed": passed,
+        "judged_steps": [2, 4],
+        "calibration_steps": [0, 3],
+        "metrics": {"drop_rate": {"within_target": passed, "max_abs_error": 0.03}},
+    }
+
+    text = "\n".join(_accuracy_lines(accuracy))
+
+    assert ("What to do:" in text) is advised
+    assert ("NOT within" in text) is not passed
+    assert "| drop_rate |" in text

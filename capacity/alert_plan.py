@@ -359,7 +359,10 @@ def plot_detection(plan: AlertPlan, path: str | Path) -> Path:
     for run in plan.overload_runs:
         series = run.series
         ratio = series["queue_depth"] / series["queue_capacity"]
-        depth_axis.plot(series["timestamp"] - run.overload_start_s, ratio, label=run.label)
+        overload = run.label.split("#", 1)[0]
+        depth_axis.plot(
+            series["timestamp"] - run.overload_start_s, ratio, label=f"{overload} capacity"
+        )
     depth_axis.axvline(0.0, color="black", linestyle=":", label="overload start")
     depth_axis.axhline(
         plan.thresholds.queue_depth_ratio, color="red", linestyle="--", label="depth threshold"
@@ -371,9 +374,13 @@ def plot_detection(plan: AlertPlan, path: str | Path) -> Path:
     proposal = plan.proposal
     worst = proposal["worst_time_to_detect_s"].replace(math.inf, np.nan)
     bar_axis.bar(proposal["name"], worst.fillna(0.0))
+    top_s = float(np.nanmax(worst.to_numpy())) if worst.notna().any() else 1.0
+    bar_axis.set_ylim(0.0, top_s * 1.35)
     for index, (value, status) in enumerate(zip(worst, proposal["status"], strict=True)):
         label = "not detected" if math.isnan(value) else f"{value:.0f} s"
-        bar_axis.text(index, 0 if math.isnan(value) else value, f"{label}\n{status}", ha="center")
+        height = 0.0 if math.isnan(value) else value
+        bar_axis.text(index, height + top_s * 0.03, f"{label}\n{status}", ha="center",
+                      va="bottom", fontsize="small")
     bar_axis.set_ylabel("worst time to detect (s)")
     bar_axis.tick_params(axis="x", labelrotation=15)
     figure.suptitle(f"Alert detection at pool size {plan.pool_size}")

@@ -120,3 +120,44 @@ def test_locust_run_writes_bundle(services: dict[str, str], tmp_path: Path) -> N
                                             "not_owned", "rejected", "in_flight"))
     assert accounted == events["received"]
     assert events["duplicate"] > 0
+
+
+def test_master_and_two_workers_split_the_rate(services: dict[str, str], tmp_path: Path) -> None:
+    from conftest import free_port
+
+    bundle_dir = tmp_path / "bundle-distributed"
+    port = free_port()
+    env = {**os.environ, "SUPERVISOR_DATABASE_URL": services["database_url"]}
+    locust = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtests")]
+    master_command = [
+        *locust, "--headless", "--only-summary", "--master", "--expect-workers", "2",
+        "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+        "--load-profile", "constant", "--rate-per-s", "60", "--duration-s", "10",
+        "--targets", services["target"], "--stub-url", services["stub_url"],
+        "--bundle-dir", str(bundle_dir), "--seed", "7", "--max-p95-e2e-ms", "60000",
+        "--max-late-ratio", "1", "--max-drop-rate", "1",
+    ]
+    worker_command = [*locust, "--worker", "--master-host", "127.0.0.1",
+                      "--master-port", str(port)]
+    _, before = http_json(f"{services['target']}/stats")
+
+    master = subprocess.Popen(master_command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    workers = [subprocess.Popen(worker_command, env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(2)]
+    try:
+        output, _ = master.communicate(timeout=90)
+    finally:
+        for process in (master, *workers):
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
+
+    assert master.returncode == 0, output[-3000:]
+    metadata = json.loads((bundle_dir / "metadata.json").read_text())
+    assert sorted(metadata["seeds"]["workers"]) == ["0", "1"]
+    _, after = http_json(f"{services['target']}/stats")
+    received = after["events"]["received"] - before["events"]["received"]
+    assert received == metadata["sent_events"]
+    assert abs(received - 600) <= 30

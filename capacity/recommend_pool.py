@@ -265,6 +265,23 @@ def recommend_pool_size(
         config, sizes, replications=replications, seed=seed, workers=workers, progress=progress
     )
     table = pool_table(sweep, targets)
+    if not pool_sizes:
+        # The default grid may skip sizes; sweep those just below the first passing size so
+        # that the smallest passing size is really the smallest.
+        gap = untested_sizes_below_first_pass(table)
+        if gap:
+            extra = sweep_pool_sizes(
+                config, gap, replications=replications, seed=seed, workers=workers,
+                progress=progress,
+            )
+            sweep = SweepResult(
+                runs=pd.concat([sweep.runs, extra.runs])
+                .sort_values(["pool_size", "replication"])
+                .reset_index(drop=True),
+                grid_fields=sweep.grid_fields,
+                metrics=sweep.metrics,
+            )
+            table = pool_table(sweep, targets)
 
     passing = table.loc[table["passes"], "pool_size"]
     pool_size = int(passing.min()) if not passing.empty else None
@@ -284,6 +301,17 @@ def recommend_pool_size(
         binding_constraints=binding,
         straddling_pool_sizes=straddling,
     )
+
+
+def untested_sizes_below_first_pass(table: pd.DataFrame) -> list[int]:
+    """Return the pool sizes between the first passing size and the tested size below it."""
+    passing = table.loc[table["passes"], "pool_size"]
+    if passing.empty:
+        return []
+    first_pass = int(passing.min())
+    below = table.loc[table["pool_size"] < first_pass, "pool_size"]
+    start = int(below.max()) + 1 if not below.empty else 1
+    return list(range(start, first_pass))
 
 
 def binding_constraints(table: pd.DataFrame) -> tuple[str, ...]:

@@ -26,6 +26,7 @@ from capacity.recommend import (
     recommend_queue_size,
     redis_memory,
 )
+from capacity.recommend_pool import untested_sizes_below_first_pass
 from simulation.config import CpuConfig, ExecutionConfig, ModelConfig
 from simulation.model import run_replication
 from simulation.theory import erlang_c
@@ -88,6 +89,36 @@ def test_pool_size_matches_erlang_c() -> None:
     assert row["p95_e2e_latency_s_upper"] <= target_s
     assert bool(row["passes"])
     assert row["execution_error_rate"] == 0.0
+
+
+def test_default_grid_fills_gap_below_first_pass() -> None:
+    target_s = 0.38
+    exact = min(c for c in range(5, 12) if mmc_p95_sojourn_s(c) <= target_s)
+
+    rec = recommend_pool_size(
+        mmc_config(),
+        peak_rate_per_s=ARRIVAL_RATE_PER_S * 4,
+        headroom=1.0,
+        target_latency_ms=target_s * 1000,
+        replications=2,
+        duration_s=120.0,
+        workers=1,
+        progress=False,
+    )
+
+    assert rec.pool_size is not None
+    tested = set(rec.table["pool_size"])
+    assert rec.pool_size - 1 in tested
+    assert not bool(rec.table.set_index("pool_size").loc[rec.pool_size - 1, "passes"])
+    assert rec.pool_size > exact  # four times the load needs more workers than the M/M/c case
+
+
+def test_untested_sizes_below_first_pass() -> None:
+    table = pd.DataFrame({"pool_size": [4, 7, 10, 13], "passes": [False, False, True, True]})
+
+    assert untested_sizes_below_first_pass(table) == [8, 9]
+    assert untested_sizes_below_first_pass(table.assign(passes=False)) == []
+    assert untested_sizes_below_first_pass(table.iloc[2:]) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
 
 
 def test_pool_headroom_scales_offered_rate() -> None:

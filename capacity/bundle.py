@@ -82,7 +82,10 @@ def load_bundle(path: str | Path) -> RunBundle:
     """Read a run bundle folder; raise `BundleError` naming what is missing."""
     folder = Path(path)
     if not folder.is_dir():
-        raise BundleError(f"run bundle {folder} is not a folder: pass the --bundle-dir of a run")
+        raise BundleError(
+            f"run bundle {folder} is not a folder: pass a folder written by "
+            "`locust -f loadtests --bundle-dir DIR`"
+        )
     missing = [name for name in _REQUIRED_FILES if not (folder / name).is_file()]
     if missing:
         raise BundleError(

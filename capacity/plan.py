@@ -24,7 +24,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -48,6 +48,17 @@ from capacity.report import (
 )
 from simulation.config import ArrivalConfig, ConfigError, ModelConfig
 from simulation.sweep import SweepError, run_sweep
+
+if TYPE_CHECKING:
+    from capacity.alert_plan import AlertPlan
+    from capacity.calibrate import Calibration
+    from capacity.compare import Comparison
+    from capacity.recommend import (
+        DatabaseLoad,
+        PoolRecommendation,
+        QueueRecommendation,
+        RedisMemory,
+    )
 
 logger = logging.getLogger(__name__)
 
@@ -110,20 +121,80 @@ class _Measured:
     recorded_here: bool
 
 
+@dataclass(frozen=True)
+class _Peak:
+    rate_per_s: float
+    source: str
+
+
+@dataclass(frozen=True)
+class _Burst:
+    rate_per_s: float
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class _Load:
+    shard_count: int
+    database: DatabaseLoad
+    redis: RedisMemory
+
+
 def run_plan(options: PlanOptions, progress: StageProgress) -> Path:
     """Run every stage and write the report folder; return its path."""
-    out_dir = options.out_dir
-    figures_dir = out_dir / report_files.FIGURES_DIR
-    settings = options.analysis
+    _check_inputs_stage(options, progress)
+    measured = _record_or_load(options, progress)
+    peak = _peak_rate_stage(options, progress, measured)
 
+    calibration = _calibrate_stage(options, progress, measured)
+    base_config: ModelConfig = calibration.model_config
+    comparison, figures = _compare_stage(options, progress, measured, calibration)
+
+    pool, pool_size = _pool_stage(options, progress, base_config, peak, figures)
+    burst, queue = _queue_stage(options, progress, base_config, pool_size, peak)
+    load = _load_stage(options, progress, measured, base_config, pool, peak)
+    alerts = _alert_stage(options, progress, base_config, pool, pool_size, peak, figures)
+
+    verification = _verification_stage(
+        options, progress, base_config, pool_size, queue.queue_size, peak.rate_per_s
+    )
+    html_paths = _notebooks_stage(options, progress, measured, peak)
+
+    with progress.stage("Write the report"):
+        recommendation = _recommendation(
+            options,
+            measured=measured,
+            peak=peak,
+            burst=burst,
+            load=load,
+            calibration=calibration,
+            comparison=comparison,
+            pool=pool,
+            pool_size=pool_size,
+            queue=queue,
+            alerts=alerts,
+        )
+        write_report(
+            options.out_dir,
+            ReportContents(
+                recommendation=recommendation,
+                comparison=comparison.table,
+                verification=verification,
+                figures=[path for path in figures if path is not None],
+                notebooks_html=html_paths,
+                stage_durations_s=dict(progress.durations_s),
+            ),
+        )
+    return options.out_dir
+
+
+def _check_inputs_stage(options: PlanOptions, progress: StageProgress) -> None:
     with progress.stage("Check the inputs"):
-        prepare_report_dir(out_dir)
+        prepare_report_dir(options.out_dir)
         check_services(options)
 
-    from capacity import alert_plan, calibrate, compare, plots, recommend
 
-    measured = _record_or_load(options, progress)
-
+def _peak_rate_stage(options: PlanOptions, progress: StageProgress, measured: _Measured) -> _Peak:
     with progress.stage("Measure the load steps and choose the peak rate"):
         peak_rate_per_s, peak_source = choose_peak_rate(
             measured.steps,
@@ -131,19 +202,33 @@ def run_plan(options: PlanOptions, progress: StageProgress) -> Path:
             target_latency_ms=options.target_latency_ms,
         )
         progress.print(f"planned peak: {peak_rate_per_s:g} events/s ({peak_source})")
+    return _Peak(peak_rate_per_s, peak_source)
+
+
+def _calibrate_stage(
+    options: PlanOptions, progress: StageProgress, measured: _Measured
+) -> Calibration:
+    from capacity import calibrate
 
     with progress.stage("Calibrate the model"):
         calibration = calibrate.calibrate(measured.bundle)
-        model_dir = out_dir / report_files.MODEL_DIR
+        model_dir = options.out_dir / report_files.MODEL_DIR
         model_dir.mkdir(parents=True, exist_ok=True)
         calibration.write(model_dir / "calibrated.toml")
-        base_config: ModelConfig = calibration.model_config
+    return calibration
 
+
+def _compare_stage(
+    options: PlanOptions, progress: StageProgress, measured: _Measured, calibration: Calibration
+) -> tuple[Comparison, list[Path | None]]:
+    from capacity import compare, plots
+
+    figures_dir = options.out_dir / report_files.FIGURES_DIR
     with progress.stage("Compare measured and predicted per load step"):
         comparison = compare.compare_run(
             measured.bundle,
             calibration,
-            replications=settings.compare_replications,
+            replications=options.analysis.compare_replications,
             seed=options.seed,
         )
         figures_dir.mkdir(parents=True, exist_ok=True)
@@ -151,11 +236,28 @@ def run_plan(options: PlanOptions, progress: StageProgress) -> Path:
             _figure(plots.plot_overlay, measured.bundle, comparison, figures_dir / "overlay.png"),
             _figure(plots.plot_step_comparison, comparison, figures_dir / "step_comparison.png"),
         ]
+    return comparison, figures
 
+
+def _pool_stage(
+    options: PlanOptions,
+    progress: StageProgress,
+    base_config: ModelConfig,
+    peak: _Peak,
+    figures: list[Path | None],
+) -> tuple[PoolRecommendation, int]:
+    """Sweep pool sizes and append the sweep figure to `figures`.
+
+    Raise `PlanError` when no swept pool size meets every target.
+    """
+    from capacity import recommend
+
+    settings = options.analysis
+    figures_dir = options.out_dir / report_files.FIGURES_DIR
     with progress.stage("Sweep pool sizes at the design rate"):
         pool = recommend.recommend_pool_size(
             base_config,
-            peak_rate_per_s=peak_rate_per_s,
+            peak_rate_per_s=peak.rate_per_s,
             headroom=options.headroom,
             target_latency_ms=options.target_latency_ms,
             max_drop_rate=options.max_drop_rate,
@@ -173,20 +275,46 @@ def run_plan(options: PlanOptions, progress: StageProgress) -> Path:
             )
         pool_size: int = pool.pool_size
         progress.print(f"pool size {pool_size}: {pool.reason}")
+    return pool, pool_size
 
-    burst_rate_per_s = options.burst_rate_per_s or DEFAULT_BURST_FACTOR * peak_rate_per_s
-    burst_duration_s = options.burst_duration_s or settings.burst_duration_s
+
+def _queue_stage(
+    options: PlanOptions,
+    progress: StageProgress,
+    base_config: ModelConfig,
+    pool_size: int,
+    peak: _Peak,
+) -> tuple[_Burst, QueueRecommendation]:
+    from capacity import recommend
+
+    settings = options.analysis
+    burst = _Burst(
+        rate_per_s=options.burst_rate_per_s or DEFAULT_BURST_FACTOR * peak.rate_per_s,
+        duration_s=options.burst_duration_s or settings.burst_duration_s,
+    )
     with progress.stage("Size the queue for a burst"):
         queue = recommend.recommend_queue_size(
             base_config,
             pool_size,
-            burst_rate_per_s=burst_rate_per_s,
-            burst_duration_s=burst_duration_s,
-            steady_rate_per_s=peak_rate_per_s,
+            burst_rate_per_s=burst.rate_per_s,
+            burst_duration_s=burst.duration_s,
+            steady_rate_per_s=peak.rate_per_s,
             replications=settings.replications,
             seed=options.seed,
         )
         progress.print(f"queue size {queue.queue_size}: {queue.reason}")
+    return burst, queue
+
+
+def _load_stage(
+    options: PlanOptions,
+    progress: StageProgress,
+    measured: _Measured,
+    base_config: ModelConfig,
+    pool: PoolRecommendation,
+    peak: _Peak,
+) -> _Load:
+    from capacity import recommend
 
     shard_count = options.shard_count or int(
         measured.bundle.supervisor_settings.get("shard_count", 1) or 1
@@ -201,19 +329,35 @@ def run_plan(options: PlanOptions, progress: StageProgress) -> Path:
             page_size=_page_size(measured.bundle),
         )
         redis = recommend.redis_memory(
-            event_rate_per_s=peak_rate_per_s * options.headroom,
+            event_rate_per_s=peak.rate_per_s * options.headroom,
             dedup_ttl_ms=_dedup_ttl_ms(measured.bundle),
             bytes_per_key=bytes_per_key(options),
             duplicate_ratio=base_config.duplicate_ratio,
             in_flight_s=_mean_e2e_latency_s(pool),
         )
+    return _Load(shard_count=shard_count, database=database, redis=redis)
 
+
+def _alert_stage(
+    options: PlanOptions,
+    progress: StageProgress,
+    base_config: ModelConfig,
+    pool: PoolRecommendation,
+    pool_size: int,
+    peak: _Peak,
+    figures: list[Path | None],
+) -> AlertPlan:
+    """Plan the alert thresholds, write the rules file and append the detection figure."""
+    from capacity import alert_plan
+
+    settings = options.analysis
+    figures_dir = options.out_dir / report_files.FIGURES_DIR
     with progress.stage("Plan the alert thresholds and write the rules file"):
         plan = alert_plan.plan_alerts(
             base_config,
             pool_size,
             capacity_rate_per_s=estimate_capacity_rate_per_s(pool, base_config),
-            normal_rate_per_s=peak_rate_per_s,
+            normal_rate_per_s=peak.rate_per_s,
             normal_duration_s=settings.alert_normal_duration_s,
             replications=settings.alert_replications,
             seed=options.seed,
@@ -221,73 +365,77 @@ def run_plan(options: PlanOptions, progress: StageProgress) -> Path:
             overload_duration_s=settings.alert_overload_duration_s,
             base_thresholds=base_thresholds_for(base_config),
         )
-        write_rules(out_dir / report_files.RULES_FILE, plan.thresholds)
+        write_rules(options.out_dir / report_files.RULES_FILE, plan.thresholds)
         figures.append(
             _figure(alert_plan.plot_detection, plan, figures_dir / "alert_detection.png")
         )
+    return plan
 
-    verification = _verification_stage(
-        options, progress, base_config, pool_size, queue.queue_size, peak_rate_per_s
-    )
 
-    html_paths: list[Path] = []
-    if options.notebooks:
-        with progress.stage("Execute the notebooks"):
-            html_paths = execute_notebooks(
-                out_dir,
-                measured.bundle.path,
-                fast=settings.mode == "fast",
-                extra_parameters={"peak_rate_per_s": peak_rate_per_s},
-            )
-    else:
+def _notebooks_stage(
+    options: PlanOptions, progress: StageProgress, measured: _Measured, peak: _Peak
+) -> list[Path]:
+    if not options.notebooks:
         progress.skip("Execute the notebooks", "--no-notebooks")
+        return []
+    with progress.stage("Execute the notebooks"):
+        return execute_notebooks(
+            options.out_dir,
+            measured.bundle.path,
+            fast=options.analysis.mode == "fast",
+            extra_parameters={"peak_rate_per_s": peak.rate_per_s},
+        )
 
-    with progress.stage("Write the report"):
-        inputs = PlanInputs(
-            peak_rate_per_s=peak_rate_per_s,
-            peak_rate_source=peak_source,
-            headroom=options.headroom,
-            target_latency_ms=options.target_latency_ms,
-            max_drop_rate=options.max_drop_rate,
-            max_error_rate=options.max_error_rate,
-            burst_rate_per_s=burst_rate_per_s,
-            burst_duration_s=burst_duration_s,
-            shard_count=shard_count,
-            quick=options.quick,
-            bundle_dir=str(measured.bundle.path),
-            recorded_here=measured.recorded_here,
-            dedup_backend=str(measured.bundle.supervisor_settings.get("dedup_backend", "unknown")),
-            database_backend=_database_backend(options, measured),
-        )
-        recommendation = Recommendation(
-            inputs=inputs,
-            pool_size=pool_size,
-            pool_reason=pool.reason,
-            pool_uncertainty=pool.uncertainty,
-            predicted_at_peak=_predicted_row(pool),
-            queue_max_size=queue.queue_size,
-            queue_reason=queue.reason,
-            queue_uncertainty=_queue_uncertainty(queue),
-            thresholds=plan.thresholds,
-            refresh_interval_ms=base_config.refresh.refresh_interval_ms,
-            full_refresh_interval_ms=base_config.refresh.full_refresh_interval_ms,
-            database_load=database,
-            redis_memory=redis,
-            accuracy=comparison.accuracy_summary(),
-            notes=tuple(getattr(calibration, "notes", ()) or ()),
-        )
-        write_report(
-            out_dir,
-            ReportContents(
-                recommendation=recommendation,
-                comparison=comparison.table,
-                verification=verification,
-                figures=[path for path in figures if path is not None],
-                notebooks_html=html_paths,
-                stage_durations_s=dict(progress.durations_s),
-            ),
-        )
-    return out_dir
+
+def _recommendation(
+    options: PlanOptions,
+    *,
+    measured: _Measured,
+    peak: _Peak,
+    burst: _Burst,
+    load: _Load,
+    calibration: Calibration,
+    comparison: Comparison,
+    pool: PoolRecommendation,
+    pool_size: int,
+    queue: QueueRecommendation,
+    alerts: AlertPlan,
+) -> Recommendation:
+    """Collect the settings and the evidence of every stage for the report."""
+    inputs = PlanInputs(
+        peak_rate_per_s=peak.rate_per_s,
+        peak_rate_source=peak.source,
+        headroom=options.headroom,
+        target_latency_ms=options.target_latency_ms,
+        max_drop_rate=options.max_drop_rate,
+        max_error_rate=options.max_error_rate,
+        burst_rate_per_s=burst.rate_per_s,
+        burst_duration_s=burst.duration_s,
+        shard_count=load.shard_count,
+        quick=options.quick,
+        bundle_dir=str(measured.bundle.path),
+        recorded_here=measured.recorded_here,
+        dedup_backend=str(measured.bundle.supervisor_settings.get("dedup_backend", "unknown")),
+        database_backend=_database_backend(options, measured),
+    )
+    refresh = calibration.model_config.refresh
+    return Recommendation(
+        inputs=inputs,
+        pool_size=pool_size,
+        pool_reason=pool.reason,
+        pool_uncertainty=pool.uncertainty,
+        predicted_at_peak=_predicted_row(pool),
+        queue_max_size=queue.queue_size,
+        queue_reason=queue.reason,
+        queue_uncertainty=_queue_uncertainty(queue),
+        thresholds=alerts.thresholds,
+        refresh_interval_ms=refresh.refresh_interval_ms,
+        full_refresh_interval_ms=refresh.full_refresh_interval_ms,
+        database_load=load.database,
+        redis_memory=load.redis,
+        accuracy=comparison.accuracy_summary(),
+        notes=tuple(getattr(calibration, "notes", ()) or ()),
+    )
 
 
 def prepare_report_dir(out_dir: Path) -> None:

@@ -356,7 +356,7 @@ def _refresh_info(
             info[f"{kind}_refreshes_seen"] = int(stamps.size)
             info[f"{kind}_mean_gap_s"] = float(gaps_s.mean()) if gaps_s.size else None
     # NOTE: the supervisor runs refresh queries in a worker thread, so a refresh costs database
-    # time but no measured loop stall; the stalls stay 0 and the CPU fit's idle term carries
+    # time but no measured loop stall. The stalls stay 0, and the CPU fit's idle term carries
     # the loop's share of the refresh work.
     refresh = RefreshConfig(
         refresh_interval_ms=info["refresh_interval_ms"],

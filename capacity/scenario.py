@@ -253,7 +253,7 @@ def _wait_ready(running: _Process, path: str) -> None:
         if running.process.poll() is not None:
             raise ScenarioError(
                 f"{running.name} exited with {running.process.returncode} before "
-                f"{running.url}{path} answered; see {running.log_path}"
+                f"{running.url}{path} responded; see {running.log_path}"
             )
         try:
             if _status(running.url + path) == 200:
@@ -262,8 +262,8 @@ def _wait_ready(running: _Process, path: str) -> None:
             pass
         time.sleep(POLL_INTERVAL_S)
     raise ScenarioError(
-        f"{running.name} at {running.url}{path} did not answer 200 within {START_TIMEOUT_S} s; "
-        f"see {running.log_path}"
+        f"{running.name} at {running.url}{path} timed out: no 200 response within "
+        f"{START_TIMEOUT_S} s; see {running.log_path}"
     )
 
 

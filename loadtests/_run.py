@@ -271,32 +271,16 @@ def _received_rate(bundle_dir: Path, start_unix_s: float, end_unix_s: float) -> 
     return (points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0])
 
 
+EVENT_COUNTERS = (
+    "received", "processed", "failed", "dropped", "duplicate", "not_owned", "rejected",
+)
+
+
 def _supervisor_totals(run: MasterRun) -> dict[str, int]:
-    totals = {
-        key: 0
-        for key in (
-            "received",
-            "processed",
-            "failed",
-            "dropped",
-            "duplicate",
-            "not_owned",
-            "rejected",
-            "executions",
-            "execution_errors",
-        )
-    }
+    totals = dict.fromkeys((*EVENT_COUNTERS, "executions", "execution_errors"), 0)
     for target, last in run.scraper.last.items():
         first = run.scraper.first[target]
-        for key in (
-            "received",
-            "processed",
-            "failed",
-            "dropped",
-            "duplicate",
-            "not_owned",
-            "rejected",
-        ):
+        for key in EVENT_COUNTERS:
             totals[key] += counter_delta(first, last, "events", key)
         last_total, last_errors = executions_total(last)
         first_total, first_errors = executions_total(first)

@@ -289,8 +289,8 @@ class RedisDedup:
     def _queue_command(self, pipe: aioredis.client.Pipeline, kind: OpKind, event_id: str) -> None:
         key = self.key(event_id)
         if kind == "claim":
-            # The raw command skips the argument checks of `pipe.set`, which were a tenth of
-            # batched ingest; the reply is still parsed as SET's (True, or None when NX failed).
+            # The raw command skips the argument checks of `pipe.set`, which took a tenth of
+            # batched ingest. Its reply is still parsed as SET's: True, or None when NX failed.
             pipe.execute_command("SET", key, self._instance_id, "NX", "PX", self._claim_ttl_ms)
         elif kind == "done":
             sha = self._script_shas["done"]
@@ -322,7 +322,7 @@ class RedisDedup:
         return replies[2:]
 
     async def _execute_reloading(self, commands: list[Command]) -> list[Any]:
-        """Run `_execute`, then rerun once the script calls that Redis answered `NOSCRIPT`."""
+        """Run `_execute`, then rerun once the script calls that Redis rejected with `NOSCRIPT`."""
         replies = await self._execute(commands)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
         if not missing:
@@ -365,8 +365,8 @@ class RedisDedup:
         suppressed = self._error_log.allow()
         if suppressed is not None:
             logger.error(
-                "Redis dedup failed for %d operations (%s); events are refused until Redis "
-                "answers (%d similar errors suppressed)",
+                "Redis dedup failed for %d operations (%s). Events are rejected until Redis "
+                "responds again (%d similar errors suppressed)",
                 sum(len(op.event_ids) for op in ops),
                 _describe(error),
                 suppressed,
@@ -378,10 +378,10 @@ class RedisDedup:
     def _recovered(self) -> None:
         if not self.available:
             self.available = True
-            logger.warning("Redis dedup answers again; accepting events")
+            logger.warning("Redis dedup responds again; accepting events")
 
     async def ping(self) -> bool:
-        """Return True when Redis answers PING in time; updates `available` either way."""
+        """Check that Redis replies to PING in time, update `available`, and return the result."""
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._client.ping()

@@ -1,6 +1,6 @@
 """Shared fixtures: the real Redis and PostgreSQL of this machine, and free ports.
 
-Integration tests skip with the reason when a server does not answer, except when
+Integration tests skip with the reason when a server does not respond, except when
 `SUPERVISOR_REQUIRE_SERVICES=1` (set by `.ci/run`), where a missing server fails the test.
 Several test runs may share one Redis and one PostgreSQL, so each test gets its own Redis key
 prefix and each session its own PostgreSQL database; nothing is flushed globally.
@@ -42,7 +42,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def redis_server_url() -> str:
-    """URL of the real Redis; skips (or fails under CI) when it does not answer PING."""
+    """URL of the real Redis; skips (or fails under CI) when PING gets no reply."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)

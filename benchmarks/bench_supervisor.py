@@ -46,9 +46,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from paced_client import paced_load
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCS_PATH = REPO_ROOT / "docs" / "benchmarks.md"
+PLOT_PATH = REPO_ROOT / "docs" / "figures" / "supervisor-added-latency.png"
 SECTION_TITLE = "## Supervisor"
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 NO_CONFIG_CHANNEL = "bench-no-config"
@@ -230,59 +232,12 @@ def run_wrk(url: str, *, batch: int, run_id: str, channels: list[str], connectio
 # --- paced load (separate process) -----------------------------------------------------------
 
 
-def paced_load(url: str, run_id: str, channels: list[str], rate_per_s: float,
-               count: int) -> dict[str, Any]:
-    """Send `count` single events at `rate_per_s`, each at its scheduled time; runs in a child."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(_paced_load(url, run_id, channels, rate_per_s, count))
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_paced_load(url, run_id, channels, rate_per_s, count))
-
-
-async def _paced_load(url: str, run_id: str, channels: list[str], rate_per_s: float,
-                      count: int) -> dict[str, Any]:
-    statuses: dict[int, int] = {}
-    late_s: list[float] = []
-    deadline_s = time.monotonic() + 2.0 * count / rate_per_s + 10.0
-
-    async def send(session: aiohttp.ClientSession, index: int) -> None:
-        body = {"event_id": f"{run_id}-{index}", "channel": channels[index % len(channels)],
-                "symbol": "BTCUSDT", "side": "buy", "quantity": 1.0}
-        try:
-            async with session.post(url + "/events", json=body) as response:
-                await response.read()
-                statuses[response.status] = statuses.get(response.status, 0) + 1
-        except aiohttp.ClientError:
-            statuses[-1] = statuses.get(-1, 0) + 1
-
-    connector = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        tasks: list[asyncio.Task[None]] = []
-        start_s = time.monotonic()
-        for index in range(count):
-            due_s = start_s + index / rate_per_s
-            now_s = time.monotonic()
-            if now_s > deadline_s:
-                break
-            if due_s > now_s:
-                await asyncio.sleep(due_s - now_s)
-            else:
-                late_s.append(now_s - due_s)
-            tasks.append(asyncio.create_task(send(session, index)))
-        await asyncio.wait_for(asyncio.gather(*tasks), max(1.0, deadline_s - time.monotonic()))
-        elapsed_s = time.monotonic() - start_s
-    return {"sent": len(tasks), "statuses": statuses, "elapsed_s": elapsed_s,
-            "achieved_rate_per_s": len(tasks) / elapsed_s,
-            "late_p99_ms": 1000.0 * _percentile(sorted(late_s), 0.99) if late_s else 0.0}
-
-
 def run_paced(url: str, run_id: str, channels: list[str], rate_per_s: float,
               count: int) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        async_result = pool.apply_async(paced_load, (url, run_id, channels, rate_per_s, count))
+        async_result = pool.apply_async(paced_load,
+                                        (url + "/events", run_id, channels, rate_per_s, count))
         result: dict[str, Any] = async_result.get(timeout=2.0 * count / rate_per_s + 60.0)
     return result
 
@@ -310,9 +265,12 @@ async def wait_idle(base_url: str, timeout_s: float) -> dict[str, Any]:
 
 
 async def wait_minimal_idle(base_url: str, timeout_s: float) -> None:
-    """Wait until the minimal handler's consumer has drained its queue."""
+    """Wait until the minimal handler has no request in progress and an empty queue."""
     deadline_s = time.monotonic() + timeout_s
-    while (await get_json(base_url + "/stats"))["queue_depth"] > 0:
+    while True:
+        stats = await get_json(base_url + "/stats")
+        if stats["queue_depth"] == 0 and stats["requests_in_progress"] == 0:
+            return
         if time.monotonic() > deadline_s:
             raise RuntimeError(f"the minimal handler's queue did not drain in {timeout_s} s")
         await asyncio.sleep(0.2)
@@ -397,7 +355,7 @@ async def measure_latency(base_url: str, figures: Figures, rate_per_s: float, co
     event_prefix = f"{run_id}-lat{int(rate_per_s)}"
     if not is_supervisor:
         await wait_minimal_idle(base_url, 60.0)
-        await post_json(base_url + "/reset")
+        await post_json(f"{base_url}/reset?lag_prefix={event_prefix}-")
     load = run_paced(base_url, event_prefix, channels, rate_per_s, count)
     if is_supervisor:
         await wait_idle(base_url, 60.0)
@@ -407,10 +365,14 @@ async def measure_latency(base_url: str, figures: Figures, rate_per_s: float, co
         lags = {"count": stats["lag_count"], "p50_ms": 1000.0 * (stats["lag_p50_s"] or 0.0),
                 "p99_ms": 1000.0 * (stats["lag_p99_s"] or 0.0)}
     entry = {"offered_per_s": rate_per_s, "achieved_per_s": load["achieved_rate_per_s"],
-             "statuses": load["statuses"], "generator_late_p99_ms": load["late_p99_ms"], **lags}
+             "statuses": load["statuses"], "generator_late_p99_ms": load["late_p99_ms"],
+             "generator_cpu_s": load["cpu_s"], "generator_extra_connections":
+             load["extra_connections"], **lags}
     figures.latency.append(entry)
     print(f"  {figures.name} latency at {rate_per_s:,.0f}/s: p50 / p99 {_latency_cell(entry)} ms "
-          f"over {lags['count']} events", flush=True)
+          f"over {lags['count']} events (client: {load['cpu_s']:.1f} s CPU, "
+          f"p99 {load['late_p99_ms']:.2f} ms late, {load['extra_connections']} extra "
+          "connections)", flush=True)
 
 
 # --- orchestration ---------------------------------------------------------------------------
@@ -453,8 +415,9 @@ async def bench_supervisor(options: argparse.Namespace, run_id: str, work_dir: P
         await measure_whole_path(base_url, stub_url, figures, options, run_id, work_dir,
                                  channels)
         for rate_per_s in latency_rates(options, figures.whole_path_per_s):
-            await measure_latency(base_url, figures, rate_per_s, options.latency_events,
-                                  run_id, channels, is_supervisor=True)
+            await measure_latency(base_url, figures, rate_per_s,
+                                  latency_count(options, rate_per_s), run_id, channels,
+                                  is_supervisor=True)
 
         cpu_after = (await supervisor_stats(base_url))["process"]["cpu_seconds"]
         figures.notes.append(f"supervisor CPU over all runs: {cpu_after - cpu_before:.1f} s")
@@ -473,17 +436,36 @@ async def bench_minimal(options: argparse.Namespace, run_id: str, work_dir: Path
         await wait_ready(base_url + "/healthz", handler, 30.0)
         await measure_ingest(base_url, figures, options, f"{run_id}m", work_dir, None)
         for rate_per_s in latency_rates_per_s:
-            await measure_latency(base_url, figures, rate_per_s, options.latency_events,
-                                  f"{run_id}m", channels, is_supervisor=False)
+            await measure_latency(base_url, figures, rate_per_s,
+                                  latency_count(options, rate_per_s), f"{run_id}m", channels,
+                                  is_supervisor=False)
     return figures
 
 
 def latency_rates(options: argparse.Namespace, capacity_per_s: float | None) -> list[float]:
-    """Return the low rate and, when capacity is known, 60% of it (capped by the option)."""
+    """Return the low rate and, when capacity is known, each load fraction of it."""
     rates = [options.low_rate_per_s]
     if capacity_per_s:
-        rates.append(min(options.max_paced_rate_per_s, round(0.6 * capacity_per_s, -1)))
+        rates += [round(fraction * capacity_per_s, -1) for fraction in options.load_fractions]
     return rates
+
+
+def latency_count(options: argparse.Namespace, rate_per_s: float) -> int:
+    """Return the events of one latency run: `--latency-s` worth, and at least 1,000."""
+    return max(1000, round(rate_per_s * options.latency_s))
+
+
+def parse_fractions(text: str) -> list[float]:
+    """Parse `--load-fractions`: comma-separated fractions of capacity, each above 0 and below 1."""
+    try:
+        fractions = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        fractions = []
+    if not fractions or not all(0.0 < fraction < 1.0 for fraction in fractions):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of load fractions: give numbers above 0 and below 1, "
+            "separated by commas, such as 0.3,0.5,0.7")
+    return sorted(fractions)
 
 
 def machine_description() -> dict[str, str]:
@@ -535,8 +517,11 @@ def result_rows(supervisor: Figures, minimal: Figures | None) -> list[list[str]]
     for index, entry in enumerate(supervisor.latency):
         ceiling_entry = minimal.latency[index] if minimal and index < len(minimal.latency) else None
         p99 = entry["p99_ms"]
+        load = ""
+        if supervisor.whole_path_per_s:
+            load = f", {entry['offered_per_s'] / supervisor.whole_path_per_s:.0%} of capacity"
         rows.append([
-            f"added latency p50 / p99 at {entry['offered_per_s']:,.0f} events/s (ms)",
+            f"added latency p50 / p99 at {entry['offered_per_s']:,.0f} events/s{load} (ms)",
             f"p99 < {TARGETS['p99_added_latency_ms']:.0f}",
             _latency_cell(entry),
             _latency_cell(ceiling_entry) if ceiling_entry else "n/a",
@@ -569,7 +554,7 @@ def section_text(machine: dict[str, str], options: argparse.Namespace, table: st
                  notes: list[str]) -> str:
     settings = (f"pool size {options.pool_size}, queue capacity 1,000,000, {options.connections} "
                 f"wrk connections, {options.duration_s:.0f} s per capacity run, "
-                f"{options.latency_events} events per latency run")
+                f"{options.latency_s:.0f} s (at least 1,000 events) per latency run")
     lines = [
         SECTION_TITLE,
         "",
@@ -586,10 +571,45 @@ def section_text(machine: dict[str, str], options: argparse.Namespace, table: st
         "",
         table,
         "",
+        "![p50 and p99 added latency against load](figures/supervisor-added-latency.png)",
+        "",
     ]
     if notes:
         lines += ["Notes:", ""] + [f"- {note}" for note in notes] + [""]
     return "\n".join(lines)
+
+
+def write_latency_plot(supervisor: Figures, minimal: Figures | None, path: Path) -> None:
+    """Plot p50 and p99 added latency against the offered rate as a share of capacity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    capacity = supervisor.whole_path_per_s or 1.0
+    figure, axes = plt.subplots(figsize=(7.0, 4.2), layout="constrained")
+    for figures, color in ((supervisor, "tab:blue"), (minimal, "tab:gray")):
+        entries = [e for e in figures.latency if e["p50_ms"] is not None] if figures else []
+        if not figures or not entries:
+            continue
+        loads = [100.0 * e["offered_per_s"] / capacity for e in entries]
+        axes.plot(loads, [e["p99_ms"] for e in entries], "o-", color=color,
+                  label=f"{figures.name}, p99")
+        axes.plot(loads, [e["p50_ms"] for e in entries], "s--", color=color,
+                  label=f"{figures.name}, p50")
+    axes.axhline(TARGETS["p99_added_latency_ms"], color="tab:red", linestyle=":",
+                 label="p99 target")
+    axes.axvline(70.0, color="tab:red", linestyle="-.", linewidth=0.8,
+                 label="70% of capacity")
+    axes.set_xlabel(f"offered rate, % of the whole-path capacity ({capacity:,.0f} events/s)")
+    axes.set_ylabel("added latency, receipt to worker start (ms)")
+    axes.set_title("Supervisor added latency against load")
+    axes.set_ylim(bottom=0.0)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize="small")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def write_section(section: str) -> None:
@@ -615,18 +635,18 @@ def write_section(section: str) -> None:
 def parse_options(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="2 s capacity runs and 400 events per latency run")
+                        help="2 s capacity runs and 2 s latency runs")
     parser.add_argument("--duration-s", type=float, default=8.0, help="length of each wrk run")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--pool-size", type=int, default=32, help="supervisor worker pool size")
     parser.add_argument("--channels", type=int, default=100,
                         help="channels with one config each for the whole-path run")
-    parser.add_argument("--latency-events", type=int, default=2000,
-                        help="events sent per latency run")
+    parser.add_argument("--latency-s", type=float, default=5.0,
+                        help="length of each latency run; a run sends at least 1,000 events")
     parser.add_argument("--low-rate-per-s", type=float, default=200.0,
                         help="offered rate of the low-load latency run")
-    parser.add_argument("--max-paced-rate-per-s", type=float, default=2000.0,
-                        help="cap on the moderate-load latency rate")
+    parser.add_argument("--load-fractions", type=parse_fractions, default=[0.3, 0.5, 0.7],
+                        help="latency runs at these fractions of the measured whole-path rate")
     parser.add_argument("--skip-minimal", action="store_true",
                         help="do not measure the minimal handler")
     parser.add_argument("--write-docs", action="store_true",
@@ -634,7 +654,7 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
     options = parser.parse_args(argv)
     if options.quick:
         options.duration_s = 2.0
-        options.latency_events = 400
+        options.latency_s = 2.0
     return options
 
 
@@ -683,7 +703,8 @@ async def run(options: argparse.Namespace) -> int:
         print(f"- {note}")
     if options.write_docs:
         write_section(section_text(machine, options, table, notes))
-        print(f"Wrote the Supervisor section of {DOCS_PATH}")
+        write_latency_plot(supervisor, minimal, PLOT_PATH)
+        print(f"Wrote the Supervisor section of {DOCS_PATH} and the plot {PLOT_PATH}")
     return 0
 
 

@@ -11,13 +11,17 @@ An event's life in dedup has three steps:
   deleted, again only while this instance owns it, so a redelivery can be claimed anew.
 
 Operations issued in the same event-loop iteration are sent to Redis as one pipeline, so a
-batch post, and many concurrent single posts, cost one round trip. Done and release are Lua
-scripts called with `EVALSHA`. The first pipeline that needs them loads them in the same round
-trip, and so does the retry after a `NOSCRIPT` reply (Redis restarted or lost its script
-cache). Each pipeline is bounded by one `asyncio.timeout` rather than a socket timeout, which
-would start a timer for every reply. When Redis cannot be reached or does not answer in time,
-every operation raises `DedupUnavailable`; callers fail closed (see docs/service.md). The
-client reconnects by itself, so dedup recovers as soon as Redis responds again.
+batch post, and many concurrent single posts, cost one round trip. Workers settle their claims
+with `settle_later`, which does not wait: the done mark or release rides in the next claim's
+pipeline, or goes on its own after `SETTLE_DELAY_S` when no claim comes first. Under load that
+halves the round trips per event, and no worker waits on Redis after its event. Done and
+release are Lua scripts called with `EVALSHA`. The first pipeline that needs them loads them in
+the same round trip, and so does the retry after a `NOSCRIPT` reply (Redis restarted or lost
+its script cache). Pipelines go through `supervisor.resp.PipelinedRedis`, one lean
+connection, and each is bounded by one `asyncio.timeout`. When Redis cannot be reached or does
+not answer in time, every operation raises `DedupUnavailable`; callers fail closed (see
+docs/service.md). The connection is opened again on the next operation, so dedup recovers as
+soon as Redis responds again.
 
 Without Redis, `MemoryDedup` keeps the same three steps in a dict with expiry on the injected
 clock. It is correct for one instance only.
@@ -33,16 +37,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
-
 from supervisor.clock import Clock
+from supervisor.resp import PipelinedRedis, RedisConnectionError, is_error, is_noscript
 
 logger = logging.getLogger(__name__)
 
 DONE_VALUE = "done"
+# Maximum wait of a deferred done mark or release for a claim pipeline to ride in.
+SETTLE_DELAY_S = 0.005
 
 _MARK_DONE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -76,6 +78,10 @@ class Dedup(Protocol):
     async def mark_done(self, event_id: str) -> None: ...
 
     async def release(self, event_id: str) -> None: ...
+
+    def settle_later(self, event_id: str, *, done: bool) -> None:
+        """Mark done (`done=True`) or release without waiting; a failure is logged, not raised."""
+        ...
 
     async def ping(self) -> bool: ...
 
@@ -160,6 +166,17 @@ class MemoryDedup:
         if self._live_value(event_id, self._clock.monotonic()) == self._instance_id:
             del self._entries[event_id]
 
+    def settle_later(self, event_id: str, *, done: bool) -> None:
+        # In process there is no round trip to save, so the change is made at once.
+        now = self._clock.monotonic()
+        if self._live_value(event_id, now) != self._instance_id:
+            return
+        if done:
+            self._entries[event_id] = (DONE_VALUE, now + self._done_ttl_s)
+            self._entries.move_to_end(event_id)
+        else:
+            del self._entries[event_id]
+
     async def ping(self) -> bool:
         return True
 
@@ -196,7 +213,7 @@ class RedisDedup:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: PipelinedRedis,
         clock: Clock,
         *,
         instance_id: str,
@@ -217,8 +234,11 @@ class RedisDedup:
         }
         self._scripts_loaded = False
         self._pending: list[_Op] = []
+        self._deferred: list[Command] = []
+        self._deferred_timer: asyncio.TimerHandle | None = None
         self._flush_tasks: set[asyncio.Task[None]] = set()
         self._error_log = LogLimiter(clock)
+        self._settle_log = LogLimiter(clock)
         self.available = True
 
     @classmethod
@@ -237,20 +257,10 @@ class RedisDedup:
 
         The bound covers a whole pipeline, including waits for a busy event loop. At 0.5 s,
         batches of 100 from 64 connections on a loaded 2-core machine hit it and were refused.
-
-        The socket (read) timeout is switched off explicitly (redis-py 8 defaults it to 5 s),
-        because redis-py starts a timer for every reply it reads under one. That cost about a
-        fifth of the loop in batched ingest. The store bounds each pipeline with one timer.
+        A URL that cannot be used raises `supervisor.resp.RedisUrlError`.
         """
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=None,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), retries=1),
-            decode_responses=True,
-        )
         return cls(
-            client,
+            PipelinedRedis.from_url(url, connect_timeout_s=timeout_s),
             clock,
             instance_id=instance_id,
             key_prefix=key_prefix,
@@ -267,13 +277,31 @@ class RedisDedup:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[bool]] = loop.create_future()
         if not self._pending:
-            # The flush task first runs on the next loop turn, so every operation issued
-            # before then joins the same pipeline.
-            task = loop.create_task(self._flush())
-            self._flush_tasks.add(task)
-            task.add_done_callback(self._flush_tasks.discard)
+            self._start_flush(loop)
         self._pending.append(_Op(kind, event_ids, future))
         return future
+
+    def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        # The flush task first runs on the next loop turn, so every operation issued before
+        # then joins the same pipeline, and so do the deferred settlements waiting now.
+        if self._deferred_timer is not None:
+            self._deferred_timer.cancel()
+            self._deferred_timer = None
+        task = loop.create_task(self._flush())
+        self._flush_tasks.add(task)
+        task.add_done_callback(self._flush_tasks.discard)
+
+    def settle_later(self, event_id: str, *, done: bool) -> None:
+        self._deferred.append(("done" if done else "release", event_id))
+        if self._pending or self._deferred_timer is not None:
+            return  # a flush is already on its way
+        loop = asyncio.get_running_loop()
+        self._deferred_timer = loop.call_later(SETTLE_DELAY_S, self._flush_deferred, loop)
+
+    def _flush_deferred(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._deferred_timer = None
+        if self._deferred and not self._pending:
+            self._start_flush(loop)
 
     async def claim_many(self, event_ids: Sequence[str]) -> list[bool]:
         if not event_ids:
@@ -286,17 +314,15 @@ class RedisDedup:
     async def release(self, event_id: str) -> None:
         await self._submit("release", (event_id,))
 
-    def _queue_command(self, pipe: aioredis.client.Pipeline, kind: OpKind, event_id: str) -> None:
-        key = self.key(event_id)
+    def _command(self, kind: OpKind, event_id: str) -> tuple[str | int, ...]:
+        key = self._prefix + event_id
         if kind == "claim":
-            # The raw command skips the argument checks of `pipe.set`, which took a tenth of
-            # batched ingest. Its reply is still parsed as SET's: True, or None when NX failed.
-            pipe.execute_command("SET", key, self._instance_id, "NX", "PX", self._claim_ttl_ms)
-        elif kind == "done":
+            # The reply is OK when the claim was made, and nil when NX found the key.
+            return ("SET", key, self._instance_id, "NX", "PX", self._claim_ttl_ms)
+        if kind == "done":
             sha = self._script_shas["done"]
-            pipe.evalsha(sha, 1, key, self._instance_id, DONE_VALUE, self._done_ttl_ms)
-        else:
-            pipe.evalsha(self._script_shas["release"], 1, key, self._instance_id)
+            return ("EVALSHA", sha, 1, key, self._instance_id, DONE_VALUE, self._done_ttl_ms)
+        return ("EVALSHA", self._script_shas["release"], 1, key, self._instance_id)
 
     async def _execute(self, commands: list[Command]) -> list[Any]:
         """Send `commands` as one pipeline and return one reply (or error reply) per command.
@@ -304,27 +330,24 @@ class RedisDedup:
         The scripts are loaded at the head of the pipeline until a load has succeeded.
         """
         load_scripts = not self._scripts_loaded and any(k != "claim" for k, _ in commands)
+        wire = [self._command(kind, event_id) for kind, event_id in commands]
+        if load_scripts:
+            wire[:0] = [("SCRIPT", "LOAD", _MARK_DONE_LUA), ("SCRIPT", "LOAD", _RELEASE_LUA)]
         async with asyncio.timeout(self._timeout_s):
-            async with self._client.pipeline(transaction=False) as pipe:
-                if load_scripts:
-                    pipe.script_load(_MARK_DONE_LUA)
-                    pipe.script_load(_RELEASE_LUA)
-                for kind, event_id in commands:
-                    self._queue_command(pipe, kind, event_id)
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            replies = await self._client.execute(wire)
         if not load_scripts:
             return replies
 
         for reply in replies[:2]:
-            if isinstance(reply, ResponseError):
-                raise reply
+            if is_error(reply):
+                raise RedisConnectionError(f"SCRIPT LOAD of the dedup scripts failed: {reply}")
         self._scripts_loaded = True
         return replies[2:]
 
     async def _execute_reloading(self, commands: list[Command]) -> list[Any]:
         """Run `_execute`, then rerun once the script calls that Redis rejected with `NOSCRIPT`."""
         replies = await self._execute(commands)
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        missing = [i for i, reply in enumerate(replies) if is_noscript(reply)]
         if not missing:
             return replies
 
@@ -337,11 +360,19 @@ class RedisDedup:
 
     async def _flush(self) -> None:
         ops, self._pending = self._pending, []
+        deferred, self._deferred = self._deferred, []
         commands = [(op.kind, event_id) for op in ops for event_id in op.event_ids]
+        commands += deferred
+        if not commands:
+            return
         try:
             replies = await self._execute_reloading(commands)
-        except (RedisError, OSError, TimeoutError) as error:
-            self._fail(ops, error)
+        except (RedisConnectionError, OSError, TimeoutError) as error:
+            if ops:
+                self._fail(ops, error)
+            else:
+                self.available = False
+            self._log_settle_failure(len(deferred), error)
             return
         self._recovered()
 
@@ -350,11 +381,27 @@ class RedisDedup:
             end = start + len(op.event_ids)
             self._resolve(op, replies[start:end])
             start = end
+        errors = [reply for reply in replies[start:] if is_error(reply)]
+        if errors:
+            self._log_settle_failure(len(errors), errors[0])
+
+    def _log_settle_failure(self, count: int, error: Exception) -> None:
+        if count == 0:
+            return
+        suppressed = self._settle_log.allow()
+        if suppressed is not None:
+            logger.error(
+                "Could not mark done or release %d dedup claims (%s); they expire after the "
+                "claim TTL instead (%d similar errors suppressed)",
+                count,
+                _describe(error),
+                suppressed,
+            )
 
     def _resolve(self, op: _Op, replies: list[Any]) -> None:
         if op.future.done():
             return
-        error = next((r for r in replies if isinstance(r, ResponseError)), None)
+        error = next((r for r in replies if is_error(r)), None)
         if error is None:
             op.future.set_result([bool(reply) for reply in replies])
         else:
@@ -384,8 +431,10 @@ class RedisDedup:
         """Check that Redis replies to PING in time, update `available`, and return the result."""
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._client.ping()
-        except (RedisError, OSError, TimeoutError) as error:
+                (reply,) = await self._client.execute([("PING",)])
+            if is_error(reply):
+                raise RedisConnectionError(f"PING answered {reply}")
+        except (RedisConnectionError, OSError, TimeoutError) as error:
             self.available = False
             logger.debug("Redis dedup ping failed: %r", error)
             return False
@@ -393,6 +442,9 @@ class RedisDedup:
         return True
 
     async def close(self) -> None:
+        """Send the deferred settlements, wait for every pipeline, then close the client."""
+        if self._deferred and not self._pending:
+            self._start_flush(asyncio.get_running_loop())
         if self._flush_tasks:
             await asyncio.gather(*self._flush_tasks, return_exceptions=True)
-        await self._client.aclose()
+        await self._client.close()

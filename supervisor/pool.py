@@ -9,6 +9,9 @@ execution client, and then settles the event:
 - `failed` when any copy trade ended in error or timeout after its retries; the claim is
   released so a redelivery can retry, which the idempotency keys make safe.
 
+The worker hands the done mark or release to `Dedup.settle_later` and takes its next event at
+once, so Redis round trips never hold a worker.
+
 An event whose channel has no configs is processed with fan-out 0.
 
 `drain` stops the pool: workers finish what is queued until the deadline, then the events
@@ -23,7 +26,7 @@ from dataclasses import dataclass
 
 from supervisor.clock import Clock
 from supervisor.config_cache import ConfigCache
-from supervisor.dedup import Dedup, DedupUnavailable, LogLimiter
+from supervisor.dedup import Dedup, LogLimiter
 from supervisor.events import Event
 from supervisor.execution import ExecutionResult, Executor, run_fanout
 from supervisor.metrics import Metrics
@@ -69,9 +72,7 @@ class WorkerPool:
         self._clock = clock
         self._tasks: list[asyncio.Task[None]] = []
         self._held: dict[int, QueuedEvent] = {}
-        self._settle_tasks: set[asyncio.Task[None]] = set()
         self._failure_log = LogLimiter(clock)
-        self._dedup_log = LogLimiter(clock)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -104,7 +105,7 @@ class WorkerPool:
                 del self._held[index]
                 if not self._held and self._queue.depth == 0:
                     self._idle.set()
-            await self._settle_claim(item.event.event_id, done=processed)
+            self._dedup.settle_later(item.event.event_id, done=processed)
 
     async def _process(self, item: QueuedEvent) -> bool:
         """Fan one event out and account for it; return True when it counts as processed."""
@@ -179,24 +180,6 @@ class WorkerPool:
             suppressed,
         )
 
-    async def _settle_claim(self, event_id: str, *, done: bool) -> None:
-        try:
-            if done:
-                await self._dedup.mark_done(event_id)
-            else:
-                await self._dedup.release(event_id)
-        except DedupUnavailable as error:
-            suppressed = self._dedup_log.allow()
-            if suppressed is not None:
-                logger.error(
-                    "Could not %s the dedup claim of event %s (%s); the claim expires after "
-                    "its TTL instead (%d similar errors suppressed)",
-                    "mark done" if done else "release",
-                    event_id,
-                    error,
-                    suppressed,
-                )
-
     def drop(self, item: QueuedEvent) -> None:
         """Count an in-flight event as dropped, record it and release its claim."""
         self._metrics.count_dropped_in_flight()
@@ -214,9 +197,7 @@ class WorkerPool:
 
     def release_in_background(self, event_id: str) -> None:
         """Release the dedup claim of an event that will not be processed, without waiting."""
-        task = asyncio.get_running_loop().create_task(self._settle_claim(event_id, done=False))
-        self._settle_tasks.add(task)
-        task.add_done_callback(self._settle_tasks.discard)
+        self._dedup.settle_later(event_id, done=False)
 
     async def wait_idle(self) -> None:
         """Return once the queue is empty and no worker holds an event."""
@@ -247,6 +228,4 @@ class WorkerPool:
         for item in self._queue.drain_nowait():
             self.drop(item)
             dropped += 1
-        if self._settle_tasks:
-            await asyncio.gather(*self._settle_tasks, return_exceptions=True)
         return dropped

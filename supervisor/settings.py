@@ -132,6 +132,15 @@ class _Spec:
                     f"{self.variable}={raw!r} is invalid: expected a URL such as "
                     f"{_URL_EXAMPLES.get(self.name, 'scheme://host:port')}"
                 )
+            if self.name == "redis_url":
+                from supervisor.resp import RedisUrlError, parse_redis_url
+
+                try:
+                    parse_redis_url(raw)
+                except RedisUrlError as error:
+                    raise SettingsError(
+                        f"{self.variable}={mask_url(raw)!r} is invalid: {error}"
+                    ) from None
             return raw
         try:
             value = int(raw)

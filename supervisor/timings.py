@@ -37,7 +37,14 @@ class TimingsBuffer:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._records: deque[tuple[str, Record]] = deque(maxlen=size if size > 0 else 1)
+        # Kinds and records sit in two parallel rings rather than one ring of (kind, record)
+        # pairs. A record contains only strings and numbers, so the garbage collector stops
+        # tracking it. A tuple that contains a dict stays tracked for good, and a full ring of
+        # them made every older-generation collection scan each record, which stalled the
+        # event loop for milliseconds at a time.
+        maxlen = size if size > 0 else 1
+        self._kinds: deque[str] = deque(maxlen=maxlen)
+        self._records: deque[Record] = deque(maxlen=maxlen)
         self._last_seq = 0
 
     @property
@@ -50,7 +57,8 @@ class TimingsBuffer:
             return
         self._last_seq += 1
         record["seq"] = self._last_seq
-        self._records.append((kind, record))
+        self._kinds.append(kind)
+        self._records.append(record)
 
     def add_event(
         self,
@@ -116,7 +124,9 @@ class TimingsBuffer:
         start_seq = max(after + 1, first_seq)
         page["dropped_records"] = start_seq - (after + 1)
 
-        selected = itertools.islice(self._records, start_seq - first_seq, None)
+        skip = start_seq - first_seq
+        selected = zip(itertools.islice(self._kinds, skip, None),
+                       itertools.islice(self._records, skip, None), strict=True)  # fmt: skip
         for kind, record in itertools.islice(selected, max(0, limit)):
             page[kind].append(record)
             page["next"] = record["seq"]

@@ -79,3 +79,28 @@ async def test_log_limiter_counts_suppressed_messages() -> None:
     assert limiter.allow() is None
     await clock.advance(10.0)
     assert limiter.allow() == 2
+
+
+async def test_settle_later_marks_done_or_releases_at_once() -> None:
+    clock = FakeClock()
+    dedup = make_dedup(clock)
+    await dedup.claim_many(["e1", "e2"])
+
+    dedup.settle_later("e1", done=True)
+    dedup.settle_later("e2", done=False)
+
+    await clock.advance(4.9)
+    assert await dedup.claim_many(["e1", "e2"]) == [False, True]
+
+
+async def test_settle_later_leaves_a_claim_of_another_instance() -> None:
+    clock = FakeClock()
+    owner = make_dedup(clock, "a")
+    await owner.claim_many(["e1"])
+    # The same store seen by another instance id cannot settle a claim it does not own.
+    other = make_dedup(clock, "b")
+    other._entries = owner._entries
+
+    other.settle_later("e1", done=False)
+
+    assert await owner.claim_many(["e1"]) == [False]

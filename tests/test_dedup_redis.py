@@ -228,3 +228,74 @@ async def test_batch_claim_and_done_share_a_flush(
         assert await raw.get(redis_key_prefix + "e3") == "a"
     finally:
         await dedup.close()
+
+
+async def test_deferred_settlements_ride_in_the_next_claim_pipeline(
+    redis_server_url, redis_key_prefix, raw, monkeypatch
+) -> None:
+    dedup = make_dedup(redis_server_url, redis_key_prefix, "a")
+    pipelines: list[int] = []
+    execute = dedup._client.execute
+
+    async def counting(commands):  # type: ignore[no-untyped-def]
+        pipelines.append(len(commands))
+        return await execute(commands)
+
+    monkeypatch.setattr(dedup._client, "execute", counting)
+    try:
+        await dedup.claim_many(["e1", "e2"])
+        dedup.settle_later("e1", done=True)
+        dedup.settle_later("e2", done=False)
+
+        assert await dedup.claim_many(["e3"]) == [True]
+
+        # One pipeline for the first claims, one that loads the scripts and carries the claim
+        # of e3 and both settlements.
+        assert pipelines == [2, 5]
+        assert await raw.get(redis_key_prefix + "e1") == "done"
+        assert await raw.get(redis_key_prefix + "e2") is None
+    finally:
+        await dedup.close()
+
+
+async def test_deferred_settlement_goes_alone_without_a_claim(
+    redis_server_url, redis_key_prefix, raw
+) -> None:
+    dedup = make_dedup(redis_server_url, redis_key_prefix, "a")
+    try:
+        await dedup.claim_many(["e1"])
+        dedup.settle_later("e1", done=True)
+
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while await raw.get(redis_key_prefix + "e1") != "done":
+            assert asyncio.get_running_loop().time() < deadline, "done mark never sent"
+            await asyncio.sleep(dedup_module.SETTLE_DELAY_S)
+    finally:
+        await dedup.close()
+
+
+async def test_close_sends_waiting_settlements(redis_server_url, redis_key_prefix, raw) -> None:
+    dedup = make_dedup(redis_server_url, redis_key_prefix, "a")
+    await dedup.claim_many(["e1", "e2"])
+    dedup.settle_later("e1", done=True)
+    dedup.settle_later("e2", done=False)
+
+    await dedup.close()
+
+    assert await raw.get(redis_key_prefix + "e1") == "done"
+    assert await raw.get(redis_key_prefix + "e2") is None
+
+
+async def test_failed_settlement_is_logged_not_raised(redis_key_prefix, caplog) -> None:
+    dedup = make_dedup(f"redis://127.0.0.1:{free_port()}/0", redis_key_prefix, "a")
+    caplog.set_level(logging.ERROR, logger="supervisor.dedup")
+    try:
+        dedup.settle_later("e1", done=True)
+        dedup.settle_later("e2", done=False)
+        await dedup.close()
+    finally:
+        await dedup.close()
+
+    assert "Could not mark done or release 2 dedup claims" in caplog.text
+    assert "expire after the claim TTL" in caplog.text
+    assert not dedup.available

@@ -43,6 +43,9 @@ class BrokenDedup:
     async def release(self, event_id: str) -> None:
         raise DedupUnavailable("connection refused")
 
+    def settle_later(self, event_id: str, *, done: bool) -> None:
+        return None
+
     async def ping(self) -> bool:
         return False
 

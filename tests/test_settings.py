@@ -54,6 +54,11 @@ def test_values_parsed_and_stripped() -> None:
         ("SUPERVISOR_TARGET_LATENCY_MS", "0", ["SUPERVISOR_TARGET_LATENCY_MS=0", "1 to 600000"]),
         ("SUPERVISOR_DATABASE_URL", "supervisor.db", ["SUPERVISOR_DATABASE_URL=", "sqlite:///"]),
         ("SUPERVISOR_REDIS_URL", "localhost", ["SUPERVISOR_REDIS_URL='localhost'", "redis://"]),
+        (
+            "SUPERVISOR_REDIS_URL",
+            "http://:pw@cache:6379/0",
+            ["SUPERVISOR_REDIS_URL='http://:***@cache:6379/0'", "'http'", "rediss://"],
+        ),
     ],
 )
 def test_bad_value_names_variable_value_range(

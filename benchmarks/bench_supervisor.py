@@ -94,13 +94,48 @@ def free_port() -> int:
         return port
 
 
+@dataclass(frozen=True)
+class CpuLayout:
+    """CPUs of the server under test and of everything else the benchmark starts.
+
+    `None` leaves every process free to run on any CPU.
+    """
+
+    server: set[int] | None = None
+    others: set[int] | None = None
+
+    def describe(self) -> str:
+        if self.server is None or self.others is None:
+            return "no CPU pinning: every process may run on any CPU"
+        return (f"server under test pinned to CPU {_cpus(self.server)}; stub, wrk and paced "
+                f"client pinned to CPU {_cpus(self.others)}; Redis not pinned")
+
+
+def _cpus(cpus: set[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
+
+
+def cpu_layout(pin: bool) -> CpuLayout:
+    """Give the server under test the first allowed CPU and the rest to the other processes."""
+    if not pin or not hasattr(os, "sched_setaffinity"):
+        return CpuLayout()
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return CpuLayout()
+    return CpuLayout(server={allowed[0]}, others=set(allowed[1:]))
+
+
 @contextlib.contextmanager
-def started(name: str, argv: list[str], env: dict[str, str],
-            log_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a server process with its output in `log_dir`, and stop it on exit."""
+def started(name: str, argv: list[str], env: dict[str, str], log_dir: Path,
+            cpus: set[int] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server process with its output in `log_dir`, and stop it on exit.
+
+    With `cpus`, the process runs only on those CPUs.
+    """
     log_file = (log_dir / f"{name}.log").open("wb")
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
     process = subprocess.Popen(argv, env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                               cwd=REPO_ROOT)
+                               cwd=REPO_ROOT, preexec_fn=pin)
     try:
         yield process
     finally:
@@ -350,13 +385,22 @@ async def measure_whole_path(base_url: str, stub_url: str, figures: Figures,
           f"({processed} events in {elapsed_s:.1f} s until idle)", flush=True)
 
 
+async def server_cpu_s(base_url: str, is_supervisor: bool) -> float:
+    """Return the CPU seconds that the server under test has used so far."""
+    stats = await get_json(base_url + "/stats")
+    cpu_s: float = stats["process"]["cpu_seconds"] if is_supervisor else stats["cpu_seconds"]
+    return cpu_s
+
+
 async def measure_latency(base_url: str, figures: Figures, rate_per_s: float, count: int,
                           run_id: str, channels: list[str], is_supervisor: bool) -> None:
     event_prefix = f"{run_id}-lat{int(rate_per_s)}"
     if not is_supervisor:
         await wait_minimal_idle(base_url, 60.0)
         await post_json(f"{base_url}/reset?lag_prefix={event_prefix}-")
+    cpu_before_s = await server_cpu_s(base_url, is_supervisor)
     load = run_paced(base_url, event_prefix, channels, rate_per_s, count)
+    cpu_share = (await server_cpu_s(base_url, is_supervisor) - cpu_before_s) / load["elapsed_s"]
     if is_supervisor:
         await wait_idle(base_url, 60.0)
         lags = summarize_lags_ms(await supervisor_lags_s(base_url, event_prefix + "-"))
@@ -367,10 +411,11 @@ async def measure_latency(base_url: str, figures: Figures, rate_per_s: float, co
     entry = {"offered_per_s": rate_per_s, "achieved_per_s": load["achieved_rate_per_s"],
              "statuses": load["statuses"], "generator_late_p99_ms": load["late_p99_ms"],
              "generator_cpu_s": load["cpu_s"], "generator_extra_connections":
-             load["extra_connections"], **lags}
+             load["extra_connections"], "server_cpu_share": cpu_share, **lags}
     figures.latency.append(entry)
     print(f"  {figures.name} latency at {rate_per_s:,.0f}/s: p50 / p99 {_latency_cell(entry)} ms "
-          f"over {lags['count']} events (client: {load['cpu_s']:.1f} s CPU, "
+          f"over {lags['count']} events (server CPU {cpu_share:.0%} of a core; client: "
+          f"{load['cpu_s']:.1f} s CPU, "
           f"p99 {load['late_p99_ms']:.2f} ms late, {load['extra_connections']} extra "
           "connections)", flush=True)
 
@@ -398,6 +443,7 @@ def supervisor_env(options: argparse.Namespace, *, port: int, stub_port: int, da
 
 async def bench_supervisor(options: argparse.Namespace, run_id: str, work_dir: Path,
                            channels: list[str], database_url: str) -> Figures:
+    layout: CpuLayout = options.layout
     figures = Figures("supervisor")
     port, stub_port = free_port(), free_port()
     base_url, stub_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{stub_port}"
@@ -406,7 +452,7 @@ async def bench_supervisor(options: argparse.Namespace, run_id: str, work_dir: P
     env = supervisor_env(options, port=port, stub_port=stub_port, database_url=database_url,
                          dedup_prefix=f"bench:{run_id}:sup:")
     with started("stub", stub_argv, dict(os.environ), work_dir) as stub, \
-            started("supervisor", SUPERVISOR_ARGV, env, work_dir) as service:
+            started("supervisor", SUPERVISOR_ARGV, env, work_dir, layout.server) as service:
         await wait_ready(stub_url + "/healthz", stub, 30.0)
         await wait_ready(base_url + "/readyz", service, 60.0)
         cpu_before = (await supervisor_stats(base_url))["process"]["cpu_seconds"]
@@ -426,13 +472,14 @@ async def bench_supervisor(options: argparse.Namespace, run_id: str, work_dir: P
 
 async def bench_minimal(options: argparse.Namespace, run_id: str, work_dir: Path,
                         channels: list[str], latency_rates_per_s: list[float]) -> Figures:
+    layout: CpuLayout = options.layout
     figures = Figures("minimal handler")
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, str(REPO_ROOT / "benchmarks" / "minimal_handler.py"),
             "--port", str(port), "--redis-url", REDIS_URL,
             "--key-prefix", f"bench:{run_id}:min:"]
-    with started("minimal_handler", argv, dict(os.environ), work_dir) as handler:
+    with started("minimal_handler", argv, dict(os.environ), work_dir, layout.server) as handler:
         await wait_ready(base_url + "/healthz", handler, 30.0)
         await measure_ingest(base_url, figures, options, f"{run_id}m", work_dir, None)
         for rate_per_s in latency_rates_per_s:
@@ -568,6 +615,7 @@ def section_text(machine: dict[str, str], options: argparse.Namespace, table: st
         f"- settings: {settings}",
         "- load generator, Redis, the zero-latency stub and the server under test share the "
         "machine",
+        f"- CPUs: {options.layout.describe()}",
         "",
         table,
         "",
@@ -647,6 +695,9 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
                         help="offered rate of the low-load latency run")
     parser.add_argument("--load-fractions", type=parse_fractions, default=[0.3, 0.5, 0.7],
                         help="latency runs at these fractions of the measured whole-path rate")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="let every process run on any CPU instead of giving the server "
+                        "under test a CPU of its own")
     parser.add_argument("--skip-minimal", action="store_true",
                         help="do not measure the minimal handler")
     parser.add_argument("--write-docs", action="store_true",
@@ -664,6 +715,10 @@ async def run(options: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     machine = machine_description()
+    options.layout = cpu_layout(options.pin)
+    if options.layout.others is not None:
+        # The stub, wrk and the paced client inherit this process's CPUs.
+        os.sched_setaffinity(0, options.layout.others)
     run_id = uuid.uuid4().hex[:8]
     print(f"Benchmark run {run_id} on {machine['nproc']} CPUs ({machine['cpu']}), "
           f"load {machine['load_before']}", flush=True)
@@ -696,7 +751,9 @@ async def run(options: argparse.Namespace) -> int:
         for entry in figures.latency if figures else []:
             notes.append(f"{figures.name if figures else ''} latency run at "
                          f"{entry['offered_per_s']:,.0f}/s achieved "
-                         f"{entry['achieved_per_s']:,.0f}/s, statuses {entry['statuses']}")
+                         f"{entry['achieved_per_s']:,.0f}/s with the server at "
+                         f"{entry['server_cpu_share']:.0%} of a core, statuses "
+                         f"{entry['statuses']}")
     table = markdown_table(result_rows(supervisor, minimal))
     print("\n" + table + "\n")
     for note in notes:

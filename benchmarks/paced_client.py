@@ -27,7 +27,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 # Connections opened before the schedule starts; more are opened when all are busy.
-DEFAULT_CONNECTIONS = 32
+DEFAULT_CONNECTIONS = 64
 
 _BODY = ('{"event_id":"%s-%d","channel":"%s","symbol":"BTCUSDT","side":"buy",'
          '"quantity":1.0}')

@@ -20,11 +20,10 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
-import aiohttp
-
 from supervisor.clock import Clock
 from supervisor.config_cache import CachedConfig
 from supervisor.events import Event
+from supervisor.http_pool import HttpClientError, HttpPool
 from supervisor.metrics import ExecutionOutcome
 
 logger = logging.getLogger(__name__)
@@ -83,12 +82,11 @@ def is_retryable_status(status: int) -> bool:
 
 
 class ExecutionClient:
-    """Calls the execution service for copy trades over one shared aiohttp session."""
+    """Calls the execution service for copy trades over one shared connection pool."""
 
     def __init__(
         self,
-        session: aiohttp.ClientSession,
-        base_url: str,
+        pool: HttpPool,
         clock: Clock,
         rng: random.Random,
         *,
@@ -96,11 +94,10 @@ class ExecutionClient:
         max_attempts: int,
         backoff_ms: int,
     ) -> None:
-        self._session = session
-        self._url = base_url.rstrip("/") + "/execute"
+        self._pool = pool
         self._clock = clock
         self._rng = rng
-        self._timeout = aiohttp.ClientTimeout(total=timeout_ms / 1000)
+        self._timeout_s = timeout_ms / 1000
         self._max_attempts = max_attempts
         self._backoff_s = backoff_ms / 1000
 
@@ -111,14 +108,10 @@ class ExecutionClient:
     async def _attempt(self, body: bytes, key: str) -> tuple[ExecutionOutcome, int | None]:
         headers = {**_JSON_HEADERS, "Idempotency-Key": key}
         try:
-            async with self._session.post(
-                self._url, data=body, headers=headers, timeout=self._timeout
-            ) as response:
-                await response.read()
-                status = response.status
+            status = await self._pool.post("/execute", body, headers, self._timeout_s)
         except TimeoutError:
             return "timeout", None
-        except aiohttp.ClientError as error:
+        except HttpClientError as error:
             logger.debug("Execution call %s failed: %s", key, error)
             return "error", None
 
@@ -158,10 +151,9 @@ class ExecutionClient:
         )
 
 
-def build_session(max_connections: int) -> aiohttp.ClientSession:
-    """Build the one client session shared by all workers, bounded to `max_connections`."""
-    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=max_connections)
-    return aiohttp.ClientSession(connector=connector)
+def build_pool(base_url: str, max_connections: int) -> HttpPool:
+    """Build the one connection pool shared by all workers, bounded to `max_connections`."""
+    return HttpPool(base_url, max_connections=max_connections)
 
 
 async def run_fanout(

@@ -28,14 +28,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import ClientSession, web
+from aiohttp import web
 
 from supervisor import __version__
 from supervisor.clock import Clock, SystemClock
 from supervisor.config_cache import ConfigCache
 from supervisor.dedup import Dedup, MemoryDedup, RedisDedup
-from supervisor.execution import ExecutionClient, build_session
+from supervisor.execution import ExecutionClient, build_pool
 from supervisor.http_app import Runtime, RuntimeState, build_app
+from supervisor.http_pool import HttpPool
 from supervisor.metrics import Metrics
 from supervisor.pool import QueuedEvent, WorkerPool
 from supervisor.refresh import ConfigSourceError, RefreshLoop, build_refresh_loop
@@ -123,7 +124,7 @@ class Service:
     settings: Settings
     runtime: Runtime
     refresh: RefreshLoop
-    session: ClientSession
+    http_pool: HttpPool
     app: web.Application
     runner: web.AppRunner | None = None
     port: int | None = None
@@ -151,10 +152,9 @@ class Service:
         refresh = refresh or build_refresh_loop(settings, cache, metrics, clock)
         dedup = build_dedup(settings, clock, owner_id)
         queue: WorkQueue[QueuedEvent] = WorkQueue(settings.queue_max_size, clock)
-        session = build_session(settings.execution_max_connections)
+        http_pool = build_pool(settings.execution_url, settings.execution_max_connections)
         client = ExecutionClient(
-            session,
-            settings.execution_url,
+            http_pool,
             clock,
             rng or random.Random(),
             timeout_ms=settings.execution_timeout_ms,
@@ -191,7 +191,7 @@ class Service:
             instance=instance_info(settings, owner_id, time_base.start_unix_s),
             state=RuntimeState(config_ready=lambda: refresh.ready),
         )
-        return cls(settings, runtime, refresh, session, build_app(runtime))
+        return cls(settings, runtime, refresh, http_pool, build_app(runtime))
 
     async def start(self, host: str, port: int) -> None:
         """Serve HTTP, then become ready in the background once configs are loaded."""
@@ -241,7 +241,7 @@ class Service:
                 await self._refresh_task
         if self.runner is not None:
             await self.runner.cleanup()
-        await self.session.close()
+        await self.http_pool.close()
         await runtime.dedup.close()
         _log_counts(runtime.metrics)
 

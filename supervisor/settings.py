@@ -132,6 +132,11 @@ class _Spec:
                     f"{self.variable}={raw!r} is invalid: expected a URL such as "
                     f"{_URL_EXAMPLES.get(self.name, 'scheme://host:port')}"
                 )
+            if self.name == "execution_url" and urlsplit(raw).scheme not in ("http", "https"):
+                raise SettingsError(
+                    f"{self.variable}={mask_url(raw)!r} is invalid: the execution service is "
+                    "called over HTTP, so use an http:// or https:// URL"
+                )
             if self.name == "redis_url":
                 from supervisor.resp import RedisUrlError, parse_redis_url
 

@@ -8,7 +8,6 @@ import random
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -17,6 +16,7 @@ from supervisor.clock import FakeClock
 from supervisor.config_cache import CachedConfig
 from supervisor.events import Event
 from supervisor.execution import ExecutionClient, is_retryable_status
+from supervisor.http_pool import HttpPool
 
 EVENT = Event("evt-1", "alpha", "BTCUSDT", "buy", 2.0, price=100.0)
 CONFIG = CachedConfig("cfg_1", "u-7", "alpha", "multiplier", None, 0.5, None)
@@ -51,24 +51,26 @@ async def service() -> AsyncIterator[tuple[ScriptedService, str]]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client_session:
-        yield client_session
+async def pools() -> AsyncIterator[list[HttpPool]]:
+    """Connection pools that a test builds with `make_client`, closed afterwards."""
+    built: list[HttpPool] = []
+    yield built
+    for pool in built:
+        await pool.close()
 
 
-def make_client(
-    session: aiohttp.ClientSession, url: str, timeout_ms: int = 2000
-) -> ExecutionClient:
+def make_client(pools: list[HttpPool], url: str, timeout_ms: int = 2000) -> ExecutionClient:
+    pool = HttpPool(url, max_connections=8)
+    pools.append(pool)
     return ExecutionClient(
-        session, url, FakeClock(), random.Random(1),
-        timeout_ms=timeout_ms, max_attempts=3, backoff_ms=0,
-    )  # fmt: skip
+        pool, FakeClock(), random.Random(1), timeout_ms=timeout_ms, max_attempts=3, backoff_ms=0
+    )
 
 
-async def test_success_sends_idempotency_key_and_body(service, session) -> None:
+async def test_success_sends_idempotency_key_and_body(service, pools) -> None:
     scripted, url = service
 
-    result = await make_client(session, url).execute(EVENT, CONFIG)
+    result = await make_client(pools, url).execute(EVENT, CONFIG)
 
     assert (result.outcome, result.attempts, result.status) == ("success", 1, 200)
     headers, body = scripted.requests[0]
@@ -92,11 +94,11 @@ async def test_success_sends_idempotency_key_and_body(service, session) -> None:
         ([500, 404], "rejected", 2, 404),
     ],
 )
-async def test_retry_policy(service, session, statuses, outcome, attempts, status) -> None:
+async def test_retry_policy(service, pools, statuses, outcome, attempts, status) -> None:
     scripted, url = service
     scripted.statuses = list(statuses)
 
-    result = await make_client(session, url).execute(EVENT, CONFIG)
+    result = await make_client(pools, url).execute(EVENT, CONFIG)
 
     assert result.outcome == outcome
     assert result.attempts == attempts
@@ -104,23 +106,23 @@ async def test_retry_policy(service, session, statuses, outcome, attempts, statu
     assert len(scripted.requests) == attempts
 
 
-async def test_timeout_is_retried_then_reported(service, session) -> None:
+async def test_timeout_is_retried_then_reported(service, pools) -> None:
     scripted, url = service
     scripted.statuses = ["hang", "hang", "hang"]
 
-    result = await make_client(session, url, timeout_ms=50).execute(EVENT, CONFIG)
+    result = await make_client(pools, url, timeout_ms=50).execute(EVENT, CONFIG)
 
     assert result.outcome == "timeout"
     assert result.attempts == 3
     assert result.status is None
 
 
-async def test_refused_connection_is_an_error(session) -> None:
+async def test_refused_connection_is_an_error(pools) -> None:
     from conftest import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
 
-    result = await make_client(session, url).execute(EVENT, CONFIG)
+    result = await make_client(pools, url).execute(EVENT, CONFIG)
 
     assert result.outcome == "error"
     assert result.attempts == 3
@@ -128,7 +130,7 @@ async def test_refused_connection_is_an_error(session) -> None:
 
 def test_backoff_is_full_jitter_within_the_cap() -> None:
     client = ExecutionClient(
-        None, "http://127.0.0.1:1", FakeClock(), random.Random(3),  # type: ignore[arg-type]
+        HttpPool("http://127.0.0.1:1", max_connections=1), FakeClock(), random.Random(3),
         timeout_ms=100, max_attempts=5, backoff_ms=50,
     )  # fmt: skip
 

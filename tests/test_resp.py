@@ -29,18 +29,20 @@ from supervisor.resp import (
         ),
         (
             "redis://:s%40cret@cache.internal/3",
-            RedisAddress("cache.internal", 6379, None, 3, None, "s@cret", tls=False,
-                         verify_tls=True),
-        ),  # fmt: skip
+            RedisAddress(
+                "cache.internal", 6379, None, 3, None, "s@cret", tls=False, verify_tls=True
+            ),
+        ),
         (
             "rediss://svc:pw@cache:6380/1?ssl_cert_reqs=none",
             RedisAddress("cache", 6380, None, 1, "svc", "pw", tls=True, verify_tls=False),
         ),
         (
             "unix:///run/redis/redis.sock?db=2",
-            RedisAddress(None, 6379, "/run/redis/redis.sock", 2, None, None, tls=False,
-                         verify_tls=True),
-        ),  # fmt: skip
+            RedisAddress(
+                None, 6379, "/run/redis/redis.sock", 2, None, None, tls=False, verify_tls=True
+            ),
+        ),
     ],
 )
 def test_parse_redis_url(url: str, expected: RedisAddress) -> None:

@@ -59,6 +59,11 @@ def test_values_parsed_and_stripped() -> None:
             "http://:pw@cache:6379/0",
             ["SUPERVISOR_REDIS_URL='http://:***@cache:6379/0'", "'http'", "rediss://"],
         ),
+        (
+            "SUPERVISOR_EXECUTION_URL",
+            "grpc://exec:9000",
+            ["SUPERVISOR_EXECUTION_URL='grpc://exec:9000'", "http:// or https://"],
+        ),
     ],
 )
 def test_bad_value_names_variable_value_range(

@@ -18,10 +18,10 @@ halves the round trips per event, and no worker waits on Redis after its event. 
 release are Lua scripts called with `EVALSHA`. The first pipeline that needs them loads them in
 the same round trip, and so does the retry after a `NOSCRIPT` reply (Redis restarted or lost
 its script cache). Pipelines go through `supervisor.resp.PipelinedRedis`, one lean
-connection, and each is bounded by one `asyncio.timeout`. When Redis cannot be reached or does
-not answer in time, every operation raises `DedupUnavailable`; callers fail closed (see
-docs/service.md). The connection is opened again on the next operation, so dedup recovers as
-soon as Redis responds again.
+connection that fails a pipeline whose replies take longer than `timeout_s`. When Redis cannot
+be reached or does not reply in time, every operation raises `DedupUnavailable`, and callers
+fail closed (see docs/service.md). The connection is opened again on the next operation, so
+dedup recovers as soon as Redis responds again.
 
 Without Redis, `MemoryDedup` keeps the same three steps in a dict with expiry on the injected
 clock. It is correct for one instance only.
@@ -260,7 +260,7 @@ class RedisDedup:
         A URL that cannot be used raises `supervisor.resp.RedisUrlError`.
         """
         return cls(
-            PipelinedRedis.from_url(url, connect_timeout_s=timeout_s),
+            PipelinedRedis.from_url(url, connect_timeout_s=timeout_s, reply_timeout_s=timeout_s),
             clock,
             instance_id=instance_id,
             key_prefix=key_prefix,
@@ -333,8 +333,7 @@ class RedisDedup:
         wire = [self._command(kind, event_id) for kind, event_id in commands]
         if load_scripts:
             wire[:0] = [("SCRIPT", "LOAD", _MARK_DONE_LUA), ("SCRIPT", "LOAD", _RELEASE_LUA)]
-        async with asyncio.timeout(self._timeout_s):
-            replies = await self._client.execute(wire)
+        replies = await self._client.execute(wire)  # bounded by the client's reply timeout
         if not load_scripts:
             return replies
 
@@ -433,7 +432,7 @@ class RedisDedup:
             async with asyncio.timeout(self._timeout_s):
                 (reply,) = await self._client.execute([("PING",)])
             if is_error(reply):
-                raise RedisConnectionError(f"PING answered {reply}")
+                raise RedisConnectionError(f"PING returned an error: {reply}")
         except (RedisConnectionError, OSError, TimeoutError) as error:
             self.available = False
             logger.debug("Redis dedup ping failed: %r", error)

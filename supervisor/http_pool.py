@@ -6,8 +6,9 @@ event-loop time per call, because it runs timeouts, tracing hooks, cookie and re
 and several awaits per response. This pool spends about 25, because it does only what the
 execution call needs:
 
-- connections to one origin (`http://` or `https://`), at most `max_connections` open, kept
-  alive between calls; a caller that finds none free waits for one in arrival order;
+- connections to one origin (`http://` or `https://`) are kept alive between calls. At most
+  `max_connections` are open, and a caller that finds none free waits for one in arrival
+  order;
 - a request is written in one call; the response is parsed only as far as its status and the
   framing of its body (`Content-Length`, `chunked`, or until the server closes), and the body is
   read and discarded;
@@ -206,6 +207,11 @@ class _Connection(asyncio.Protocol):
             self._finish()
 
 
+def _expire(future: asyncio.Future[int]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError("no response before the call's deadline"))
+
+
 class HttpPool:
     """Keep-alive connections to one origin; see the module docstring."""
 
@@ -251,30 +257,57 @@ class HttpPool:
         made, the connection breaks or the response is malformed.
         """
         data = self.request_bytes(path, body, headers)
-        async with asyncio.timeout(timeout_s):
-            connection, reused = await self._acquire()
-            current: _Connection | None = connection
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        # An idle connection is taken without awaiting. Only the slower paths (connecting,
+        # waiting for a busy pool) run under `asyncio.timeout`, which costs a few
+        # microseconds more than the plain timer of `_request`.
+        connection = self._take_idle()
+        reused = connection is not None
+        if connection is None:
+            async with asyncio.timeout_at(deadline):
+                connection, reused = await self._acquire()
+        current: _Connection | None = connection
+        try:
             try:
-                try:
-                    status = await connection.request(data)
-                except _ConnectionLost as lost:
-                    if not reused or lost.response_started:
-                        raise
-                    # The server closed a kept-alive connection before this request reached
-                    # it, so send it once more on a new connection.
-                    current = None
-                    self._discard(connection)
+                status = await self._request(connection, data, deadline)
+            except _ConnectionLost as lost:
+                if not reused or lost.response_started:
+                    raise
+                # The server closed a kept-alive connection before this request reached it,
+                # so send it once more on a new connection.
+                current = None
+                self._discard(connection)
+                async with asyncio.timeout_at(deadline):
                     connection, _ = await self._acquire(fresh=True)
-                    current = connection
-                    status = await connection.request(data)
-            except BaseException:
-                # A broken, timed-out or cancelled call never returns its connection to the
-                # pool: a late response on it would be read as the next call's.
-                if current is not None:
-                    self._discard(current)
-                raise
-            self._give_back(connection)
-            return status
+                current = connection
+                status = await self._request(connection, data, deadline)
+        except BaseException:
+            # A broken, timed-out or cancelled call never returns its connection to the pool:
+            # a late response on it would be read as the next call's.
+            if current is not None:
+                self._discard(current)
+            raise
+        self._give_back(connection)
+        return status
+
+    @staticmethod
+    async def _request(connection: _Connection, data: bytes, deadline: float) -> int:
+        """Send `data` and return the response status; raise `TimeoutError` at `deadline`."""
+        future = connection.request(data)
+        timer = asyncio.get_running_loop().call_at(deadline, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    def _take_idle(self) -> _Connection | None:
+        """Return an open idle connection, or None when there is none."""
+        while self._idle and not self._closed:
+            connection = self._idle.pop()
+            if not connection.closed:
+                return connection
+            self._open -= 1
+        return None
 
     async def _acquire(self, fresh: bool = False) -> tuple[_Connection, bool]:
         """Return a connection and whether it was kept alive from an earlier call.

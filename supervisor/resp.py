@@ -11,9 +11,10 @@ cost per event after HTTP itself. This connection does only what dedup needs:
   their replies in order. Pipelines from different callers may be in flight together. Redis
   replies in order, so replies go to the oldest waiting pipeline first;
 - error replies come back as `hiredis.ReplyError` values in the reply list, not raised;
-- a lost connection, a refused connect or a timeout raises `RedisConnectionError`; a timeout
-  also closes the connection, because replies still on their way would then be read as the
-  replies of the next pipeline.
+- a lost connection or a refused connect raises `RedisConnectionError`. A pipeline whose
+  replies have not all come within `reply_timeout_s` raises `TimeoutError` and closes the
+  connection, because replies still on their way would be read as the next pipeline's. One
+  watchdog timer checks the oldest waiting pipeline, so a pipeline costs no timer of its own.
 
 Other parts of the project (preflight, tests) use redis-py; only the dedup hot path uses this.
 """
@@ -92,6 +93,7 @@ def parse_redis_url(url: str) -> RedisAddress:
 class _Pipeline:
     expected: int
     future: asyncio.Future[list[Any]]
+    sent_at: float
     replies: list[Any] = field(default_factory=list)
 
 
@@ -134,25 +136,38 @@ class _RespProtocol(asyncio.Protocol):
             self.transport.abort()
         self._fail_waiting(reason)
 
-    def _fail_waiting(self, reason: str) -> None:
+    def time_out(self, reason: str) -> None:
+        """Close the connection and fail every waiting pipeline with `TimeoutError`."""
+        self.lost = True
+        if self.transport is not None:
+            self.transport.abort()
+        self._fail_waiting(reason, timed_out=True)
+
+    def _fail_waiting(self, reason: str, timed_out: bool = False) -> None:
         while self.waiting:
             pipeline = self.waiting.popleft()
             if not pipeline.future.done():
-                pipeline.future.set_exception(RedisConnectionError(reason))
+                error = TimeoutError(reason) if timed_out else RedisConnectionError(reason)
+                pipeline.future.set_exception(error)
 
 
 class PipelinedRedis:
     """One Redis connection that sends command lists as pipelines; see the module docstring."""
 
-    def __init__(self, address: RedisAddress, *, connect_timeout_s: float) -> None:
+    def __init__(self, address: RedisAddress, *, connect_timeout_s: float,
+                 reply_timeout_s: float) -> None:  # fmt: skip
         self.address = address
         self._connect_timeout_s = connect_timeout_s
+        self._reply_timeout_s = reply_timeout_s
         self._protocol: _RespProtocol | None = None
         self._connecting: asyncio.Future[_RespProtocol] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, connect_timeout_s: float) -> PipelinedRedis:
-        return cls(parse_redis_url(url), connect_timeout_s=connect_timeout_s)
+    def from_url(cls, url: str, *, connect_timeout_s: float,
+                 reply_timeout_s: float) -> PipelinedRedis:  # fmt: skip
+        return cls(parse_redis_url(url), connect_timeout_s=connect_timeout_s,
+                   reply_timeout_s=reply_timeout_s)  # fmt: skip
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
         """Send `commands` in one write and return one reply per command, in order.
@@ -165,8 +180,11 @@ class PipelinedRedis:
         return await self._send(protocol, commands)
 
     async def _send(self, protocol: _RespProtocol, commands: Sequence[Command]) -> list[Any]:
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        protocol.waiting.append(_Pipeline(len(commands), future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        protocol.waiting.append(_Pipeline(len(commands), future, loop.time()))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._reply_timeout_s, self._check_replies)
         assert protocol.transport is not None
         pack = hiredis.pack_command
         protocol.transport.write(b"".join([pack(cast(Any, tuple(c))) for c in commands]))
@@ -175,6 +193,19 @@ class PipelinedRedis:
         except asyncio.CancelledError:
             protocol.fail("a Redis reply did not come in time")
             raise
+
+    def _check_replies(self) -> None:
+        """Time out the connection when its oldest pipeline waited too long, or re-arm the timer."""
+        self._watchdog = None
+        protocol = self._protocol
+        if protocol is None or protocol.lost or not protocol.waiting:
+            return
+        loop = asyncio.get_running_loop()
+        waited_s = loop.time() - protocol.waiting[0].sent_at
+        if waited_s >= self._reply_timeout_s:
+            protocol.time_out(f"no reply from Redis within {self._reply_timeout_s} s")
+            return
+        self._watchdog = loop.call_later(self._reply_timeout_s - waited_s, self._check_replies)
 
     async def _connection(self) -> _RespProtocol:
         protocol = self._protocol
@@ -226,12 +257,15 @@ class PipelinedRedis:
         for command, reply in zip(commands, await self._send(protocol, commands), strict=True):
             if isinstance(reply, hiredis.ReplyError):
                 protocol.fail("handshake refused")
-                raise RedisConnectionError(f"Redis refused {command[0]!r}: {reply}")
+                raise RedisConnectionError(f"Redis rejected {command[0]!r}: {reply}")
 
     async def close(self) -> None:
         """Close the connection; pipelines still waiting fail with `RedisConnectionError`."""
         if self._connecting is not None:
             self._connecting.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._protocol is not None and not self._protocol.lost:
             self._protocol.fail("the dedup store was closed")
         self._protocol = None

@@ -68,7 +68,9 @@ def test_password_stays_out_of_repr() -> None:
 
 @pytest.fixture
 async def connection(redis_server_url: str) -> AsyncIterator[PipelinedRedis]:
-    client = PipelinedRedis.from_url(redis_server_url, connect_timeout_s=2.0)
+    client = PipelinedRedis.from_url(
+        redis_server_url, connect_timeout_s=2.0, reply_timeout_s=2.0
+    )
     yield client
     await client.close()
 
@@ -100,14 +102,15 @@ async def test_error_reply_is_returned_not_raised(
     )
 
     assert is_noscript(replies[0])
-    assert is_error(replies[1]) and not is_noscript(replies[1])
+    assert is_error(replies[1])
+    assert not is_noscript(replies[1])
     assert replies[2:] == [b"OK", None]
 
 
 @pytest.mark.integration
 async def test_database_from_url_is_selected(redis_server_url: str, redis_key_prefix: str) -> None:
     base = redis_server_url.rsplit("/", 1)[0]
-    client = PipelinedRedis.from_url(base + "/5", connect_timeout_s=2.0)
+    client = PipelinedRedis.from_url(base + "/5", connect_timeout_s=2.0, reply_timeout_s=2)
     key = redis_key_prefix + "db5"
     try:
         await client.execute([("SET", key, "here", "PX", 60_000)])
@@ -123,7 +126,8 @@ async def test_database_from_url_is_selected(redis_server_url: str, redis_key_pr
 
 
 async def test_refused_connect_raises_connection_error() -> None:
-    client = PipelinedRedis.from_url(f"redis://127.0.0.1:{free_port()}/0", connect_timeout_s=1)
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    client = PipelinedRedis.from_url(url, connect_timeout_s=1, reply_timeout_s=1)
     try:
         with pytest.raises(RedisConnectionError, match="cannot connect"):
             await client.execute([("PING",)])
@@ -132,7 +136,7 @@ async def test_refused_connect_raises_connection_error() -> None:
 
 
 async def fake_redis(answer: bytes) -> tuple[asyncio.base_events.Server, list[bytes]]:
-    """A loopback server that records what it receives and answers each read with `answer`."""
+    """A loopback server that records what it receives and replies to each read with `answer`."""
     received: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -148,9 +152,10 @@ async def fake_redis(answer: bytes) -> tuple[asyncio.base_events.Server, list[by
 async def test_refused_auth_fails_the_connect() -> None:
     server, received = await fake_redis(b"-WRONGPASS invalid username-password pair\r\n")
     port = server.sockets[0].getsockname()[1]
-    client = PipelinedRedis.from_url(f"redis://svc:nope@127.0.0.1:{port}/0", connect_timeout_s=1)
+    url = f"redis://svc:nope@127.0.0.1:{port}/0"
+    client = PipelinedRedis.from_url(url, connect_timeout_s=1, reply_timeout_s=1)
     try:
-        with pytest.raises(RedisConnectionError, match="refused 'AUTH': WRONGPASS"):
+        with pytest.raises(RedisConnectionError, match="rejected 'AUTH': WRONGPASS"):
             await client.execute([("PING",)])
         assert received[0].startswith(b"*3\r\n$4\r\nAUTH\r\n$3\r\nsvc\r\n$4\r\nnope\r\n")
     finally:
@@ -174,7 +179,8 @@ async def test_timeout_closes_the_connection_and_next_call_reconnects() -> None:
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = PipelinedRedis.from_url(f"redis://127.0.0.1:{port}/0", connect_timeout_s=1)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = PipelinedRedis.from_url(url, connect_timeout_s=1, reply_timeout_s=1)
     try:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
@@ -182,6 +188,22 @@ async def test_timeout_closes_the_connection_and_next_call_reconnects() -> None:
 
         assert await client.execute([("PING",)]) == [b"PONG"]
         assert connections == 2
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_silent_server_times_out_the_pipeline() -> None:
+    server, received = await fake_redis(b"")
+    port = server.sockets[0].getsockname()[1]
+    client = PipelinedRedis.from_url(
+        f"redis://127.0.0.1:{port}/0", connect_timeout_s=1, reply_timeout_s=0.05
+    )
+    try:
+        with pytest.raises(TimeoutError, match=r"no reply from Redis within 0\.05 s"):
+            await client.execute([("PING",)])
+        assert received == [b"*1\r\n$4\r\nPING\r\n"]
     finally:
         await client.close()
         server.close()

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import http.server
 import json
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -413,3 +415,47 @@ def _wait_for_configs(database_url: str, run_id: str, process: subprocess.Popen[
             return
         time.sleep(0.1)
     pytest.fail(f"the smoke run created no configs within {START_TIMEOUT_S} s")
+
+
+class _HtmlHandler(http.server.BaseHTTPRequestHandler):
+    """Replies to every request with a 200 HTML page, as a proxy or a wrong port might."""
+
+    def _reply(self) -> None:
+        body = b"<html><body>not a supervisor</body></html>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._reply()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._reply()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def html_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HtmlHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_client_rejects_non_json_body(html_server: str) -> None:
+    from supervisor.smoke.http_client import HttpClient
+
+    client = HttpClient(timeout_s=2.0)
+
+    with pytest.raises(smoke.TargetError, match=r"GET .*/stats returned a body that is not JSON"):
+        client.get_json(html_server + "/stats")
+    with pytest.raises(smoke.TargetError, match=r"POST .*/events returned a body that is not JSON"):
+        client.post_json(html_server + "/events", {"event_id": "e1"})
+    assert "not a supervisor" in client.get_text(html_server + "/metrics")

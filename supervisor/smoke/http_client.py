@@ -1,7 +1,8 @@
 """Blocking HTTP to the targets and the execution service, with one timeout per request.
 
 The smoke test is a short command-line run, so it uses `urllib` and no event loop. HTTP error
-statuses, connection failures and timeouts become `TargetError` with the method and URL.
+statuses, connection failures, timeouts and bodies that are not the expected JSON or text become
+`TargetError` with the method and URL, so each ends as a FAIL line of the report.
 """
 
 from __future__ import annotations
@@ -22,16 +23,20 @@ class HttpClient:
         self._token = token
 
     def get_json(self, url: str) -> Any:
-        # NOTE: a body that is not JSON raises json.JSONDecodeError, not TargetError. The run
-        # then cleans up and ends with a traceback instead of a report.
-        return json.loads(self._request(url, None))
+        return _decode_json("GET", url, self._request(url, None))
 
     def get_text(self, url: str) -> str:
-        return self._request(url, None).decode("utf-8")
+        body = self._request(url, None)
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise TargetError(
+                f"GET {url} returned a body that is not UTF-8 text: {error}"
+            ) from error
 
     def post_json(self, url: str, body: Any) -> Any:
         answer = self._request(url, json.dumps(body).encode("utf-8"))
-        return json.loads(answer) if answer.strip() else None
+        return _decode_json("POST", url, answer) if answer.strip() else None
 
     def _request(self, url: str, data: bytes | None) -> bytes:
         request = urllib.request.Request(url, data=data, method="GET" if data is None else "POST")
@@ -50,3 +55,14 @@ class HttpClient:
             ) from error
         except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
             raise TargetError(f"{request.method} {url} failed: {error}") from error
+
+
+def _decode_json(method: str, url: str, body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        snippet = body[:120].decode("utf-8", "replace")
+        raise TargetError(
+            f"{method} {url} returned a body that is not JSON ({error}): {snippet!r}; check that "
+            "the URL points at a supervisor or the execution stub"
+        ) from error

@@ -9,12 +9,12 @@ measures. This one does the least work per request:
   lands inside the measured run;
 - each send is a timer callback (`loop.call_at`), not a coroutine, and writes a request whose
   bytes are formatted from one template;
-- a connection carries one request at a time; a send that finds no idle connection opens a
+- a connection carries one request at a time. A send that finds no idle connection opens a
   new one and counts it, so a slow server shows up as extra connections, never as a send held
   back behind another response;
 - responses are parsed only as far as the status code and `Content-Length`.
 
-It speaks HTTP/1.1 to a loopback server that answers every request with a `Content-Length`
+It speaks HTTP/1.1 to a loopback server that sends every response with a `Content-Length`
 body, which aiohttp's server does. Run it in its own process: `paced_load` is the entry point.
 """
 

@@ -315,7 +315,7 @@ class RedisDedup:
         await self._submit("release", (event_id,))
 
     def _command(self, kind: OpKind, event_id: str) -> tuple[str | int, ...]:
-        key = self._prefix + event_id
+        key = self.key(event_id)
         if kind == "claim":
             # The reply is OK when the claim was made, and nil when NX found the key.
             return ("SET", key, self._instance_id, "NX", "PX", self._claim_ttl_ms)
@@ -371,7 +371,7 @@ class RedisDedup:
                 self._fail(ops, error)
             else:
                 self.available = False
-            self._log_settle_failure(len(deferred), error)
+            self._log_settle_failure([event_id for _, event_id in deferred], error)
             return
         self._recovered()
 
@@ -380,20 +380,25 @@ class RedisDedup:
             end = start + len(op.event_ids)
             self._resolve(op, replies[start:end])
             start = end
-        errors = [reply for reply in replies[start:] if is_error(reply)]
-        if errors:
-            self._log_settle_failure(len(errors), errors[0])
+        failed = [
+            (event_id, reply)
+            for (_, event_id), reply in zip(deferred, replies[start:], strict=True)
+            if is_error(reply)
+        ]
+        if failed:
+            self._log_settle_failure([event_id for event_id, _ in failed], failed[0][1])
 
-    def _log_settle_failure(self, count: int, error: Exception) -> None:
-        if count == 0:
+    def _log_settle_failure(self, event_ids: list[str], error: Exception) -> None:
+        if not event_ids:
             return
         suppressed = self._settle_log.allow()
         if suppressed is not None:
             logger.error(
-                "Could not mark done or release %d dedup claims (%s); they expire after the "
-                "claim TTL instead (%d similar errors suppressed)",
-                count,
+                "Could not mark done or release %d dedup claims (%s), first event %s. They "
+                "expire after the claim TTL instead (%d similar errors suppressed)",
+                len(event_ids),
                 _describe(error),
+                event_ids[0],
                 suppressed,
             )
 

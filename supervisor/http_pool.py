@@ -9,9 +9,9 @@ execution call needs:
 - connections to one origin (`http://` or `https://`) are kept alive between calls. At most
   `max_connections` are open, and a caller that finds none free waits for one in arrival
   order;
-- a request is written in one call; the response is parsed only as far as its status and the
-  framing of its body (`Content-Length`, `chunked`, or until the server closes), and the body is
-  read and discarded;
+- a request is written in one call. The response is parsed only as far as its status and the
+  framing of its body (`Content-Length`, `chunked`, or until the server closes), and the body
+  is read and discarded;
 - informational (1xx) responses are skipped; `Connection: close` and HTTP/1.0 responses close
   the connection after the body;
 - a request on a kept-alive connection that the server closed before sending any byte is sent
@@ -138,9 +138,9 @@ class _Connection(asyncio.Protocol):
             self._parse_head(head)
             return True
         if state == _LENGTH:
-            taken = min(self._remaining, len(buffer))
-            del buffer[:taken]
-            self._remaining -= taken
+            consumed = min(self._remaining, len(buffer))
+            del buffer[:consumed]
+            self._remaining -= consumed
             if self._remaining:
                 return False
             self._finish()
@@ -154,9 +154,9 @@ class _Connection(asyncio.Protocol):
             self._chunk_line(line)
             return True
         if state == _CHUNK_DATA:
-            taken = min(self._remaining, len(buffer))
-            del buffer[:taken]
-            self._remaining -= taken
+            consumed = min(self._remaining, len(buffer))
+            del buffer[:consumed]
+            self._remaining -= consumed
             if self._remaining:
                 return False
             self._state = _CHUNK_END
@@ -168,7 +168,7 @@ class _Connection(asyncio.Protocol):
         lines = head.split("\r\n")
         version, status_text = lines[0].split(" ", 2)[:2]
         if not version.startswith("HTTP/1."):
-            raise ValueError(f"status line {lines[0][:80]!r}")
+            raise ValueError(f"invalid status line {lines[0][:80]!r}")
         status = int(status_text)
         headers: dict[str, str] = {}
         for line in lines[1:]:
@@ -317,12 +317,11 @@ class HttpPool:
         while True:
             if self._closed:
                 raise HttpClientError("the connection pool is closed")
-            while self._idle and not fresh:
-                connection = self._idle.pop()
-                if not connection.closed:
+            if not fresh:
+                connection = self._take_idle()
+                if connection is not None:
                     return connection, True
-                self._open -= 1
-            if self._idle and fresh:
+            elif self._idle:
                 self._discard(self._idle.pop())
                 continue
             if self._open < self._max_connections:

@@ -297,5 +297,6 @@ async def test_failed_settlement_is_logged_not_raised(redis_key_prefix, caplog) 
         await dedup.close()
 
     assert "Could not mark done or release 2 dedup claims" in caplog.text
+    assert "first event e1" in caplog.text
     assert "expire after the claim TTL" in caplog.text
     assert not dedup.available

@@ -52,7 +52,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCS_PATH = REPO_ROOT / "docs" / "benchmarks.md"
 PLOT_PATH = REPO_ROOT / "docs" / "figures" / "supervisor-added-latency.png"
 SECTION_TITLE = "## Supervisor"
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+SHARED_REDIS_URL = "redis://127.0.0.1:6379/0"
 NO_CONFIG_CHANNEL = "bench-no-config"
 # A profile during a scrape showed encoding 10,000-record `/timings` pages taking about a tenth
 # of the supervisor's loop, so the benchmark reads smaller pages.
@@ -107,8 +107,8 @@ class CpuLayout:
     def describe(self) -> str:
         if self.server is None or self.others is None:
             return "no CPU pinning: every process may run on any CPU"
-        return (f"server under test pinned to CPU {_cpus(self.server)}; stub, wrk and paced "
-                f"client pinned to CPU {_cpus(self.others)}; Redis not pinned")
+        return (f"server under test pinned to CPU {_cpus(self.server)}; stub, wrk, paced "
+                f"client and a Redis the benchmark starts pinned to CPU {_cpus(self.others)}")
 
 
 def _cpus(cpus: set[int]) -> str:
@@ -179,10 +179,10 @@ async def post_json(url: str) -> Any:
         return await response.json()
 
 
-def delete_redis_keys(prefix: str) -> int:
+def delete_redis_keys(url: str, prefix: str) -> int:
     import redis
 
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(url)
     try:
         keys = list(client.scan_iter(match=prefix + "*", count=5000))
         for start in range(0, len(keys), 5000):
@@ -430,7 +430,7 @@ def supervisor_env(options: argparse.Namespace, *, port: int, stub_port: int, da
         "SUPERVISOR_HTTP_HOST": "127.0.0.1",
         "SUPERVISOR_HTTP_PORT": str(port),
         "SUPERVISOR_DATABASE_URL": database_url,
-        "SUPERVISOR_REDIS_URL": REDIS_URL,
+        "SUPERVISOR_REDIS_URL": options.redis_url,
         "SUPERVISOR_DEDUP_KEY_PREFIX": dedup_prefix,
         "SUPERVISOR_EXECUTION_URL": f"http://127.0.0.1:{stub_port}",
         "SUPERVISOR_WORKER_POOL_SIZE": str(options.pool_size),
@@ -439,6 +439,57 @@ def supervisor_env(options: argparse.Namespace, *, port: int, stub_port: int, da
         "SUPERVISOR_MAX_BATCH_EVENTS": "1000",
     })
     return env
+
+
+async def redis_for_run(options: argparse.Namespace, work_dir: Path,
+                        stack: contextlib.ExitStack) -> tuple[str, str]:
+    """Return the Redis URL of the run and a line describing it.
+
+    Without `--redis-url` the benchmark starts its own redis-server, which runs on the helper
+    CPUs like the stub. An unpinned Redis sharing the machine's Redis with other work moved
+    between CPUs and sometimes ran on the server's CPU; its round trips then had a p99 of 8 to
+    12 ms where a pinned one had about 4 ms.
+    """
+    options.redis_owned = False
+    if options.redis_url:
+        return options.redis_url, f"{options.redis_url} (given; not pinned)"
+    server = shutil.which("redis-server")
+    if server is None:
+        return SHARED_REDIS_URL, (f"{SHARED_REDIS_URL} (redis-server is not installed, so the "
+                                  "benchmark cannot start its own; not pinned)")
+    port = free_port()
+    argv = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+            "no", "--dir", str(work_dir)]
+    layout: CpuLayout = options.layout
+    process = stack.enter_context(started("redis", argv, dict(os.environ), work_dir,
+                                          layout.others))
+    url = f"redis://127.0.0.1:{port}/0"
+    await wait_redis(url, process, 15.0)
+    options.redis_owned = True
+    where = "not pinned" if layout.others is None else f"on CPU {_cpus(layout.others)}"
+    return url, f"{url} (started by the benchmark, {where})"
+
+
+async def wait_redis(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    import redis.asyncio as aioredis
+
+    deadline = time.monotonic() + timeout_s
+    client = aioredis.Redis.from_url(url)
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {process.returncode} at start")
+            try:
+                await client.ping()
+                return
+            except (aioredis.ConnectionError, OSError) as error:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"redis-server did not answer within {timeout_s:.0f} s: {error}"
+                    ) from error
+                await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
 
 
 async def bench_supervisor(options: argparse.Namespace, run_id: str, work_dir: Path,
@@ -477,7 +528,7 @@ async def bench_minimal(options: argparse.Namespace, run_id: str, work_dir: Path
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     argv = [sys.executable, str(REPO_ROOT / "benchmarks" / "minimal_handler.py"),
-            "--port", str(port), "--redis-url", REDIS_URL,
+            "--port", str(port), "--redis-url", options.redis_url,
             "--key-prefix", f"bench:{run_id}:min:"]
     with started("minimal_handler", argv, dict(os.environ), work_dir, layout.server) as handler:
         await wait_ready(base_url + "/healthz", handler, 30.0)
@@ -616,6 +667,7 @@ def section_text(machine: dict[str, str], options: argparse.Namespace, table: st
         "- load generator, Redis, the zero-latency stub and the server under test share the "
         "machine",
         f"- CPUs: {options.layout.describe()}",
+        f"- Redis: {options.redis_note}",
         "",
         table,
         "",
@@ -698,6 +750,9 @@ def parse_options(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="let every process run on any CPU instead of giving the server "
                         "under test a CPU of its own")
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL"),
+                        help="use this Redis instead of starting one (default: $BENCH_REDIS_URL; "
+                        "without either, the benchmark starts its own redis-server)")
     parser.add_argument("--skip-minimal", action="store_true",
                         help="do not measure the minimal handler")
     parser.add_argument("--write-docs", action="store_true",
@@ -723,11 +778,14 @@ async def run(options: argparse.Namespace) -> int:
     print(f"Benchmark run {run_id} on {machine['nproc']} CPUs ({machine['cpu']}), "
           f"load {machine['load_before']}", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="bench-supervisor-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-supervisor-") as tmp, \
+            contextlib.ExitStack() as stack:
         work_dir = Path(tmp)
         database_url = f"sqlite:///{work_dir / 'configs.db'}"
         channels = prepare_configs(database_url, options.channels)
         try:
+            options.redis_url, options.redis_note = await redis_for_run(options, work_dir, stack)
+            print(f"Redis: {options.redis_note}", flush=True)
             supervisor = await bench_supervisor(options, run_id, work_dir, channels, database_url)
             minimal = None
             if not options.skip_minimal:
@@ -741,8 +799,9 @@ async def run(options: argparse.Namespace) -> int:
                     log.read_text(errors="replace").splitlines()[-20:]), file=sys.stderr)
             return 1
         finally:
-            deleted = delete_redis_keys(f"bench:{run_id}:")
-            print(f"Deleted {deleted} Redis keys of this run", flush=True)
+            if options.redis_url and not options.redis_owned:
+                deleted = delete_redis_keys(options.redis_url, f"bench:{run_id}:")
+                print(f"Deleted {deleted} Redis keys of this run", flush=True)
 
     notes = [f"supervisor: {note}" for note in supervisor.notes]
     if minimal:

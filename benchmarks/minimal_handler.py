@@ -6,6 +6,10 @@ trivial consumer drains. Claims issued in the same event-loop turn share one Red
 the supervisor's dedup does, and `--claim-per-request` sends one round trip per request instead.
 There is no validation beyond `event_id`, no sharding, metrics, fan-out or execution call.
 
+It is built from the same HTTP server (`supervisor.http_server`) and Redis connection
+(`supervisor.resp`) as the supervisor, so the difference between the two is the supervisor's
+own work per event.
+
 Its rate on a machine estimates the ceiling for the supervisor's ingest there. It is not a
 strict bound, because the supervisor may batch its Redis calls differently. The consumer's take
 time minus the receipt time estimates the least added latency of an event loop with Redis in
@@ -29,8 +33,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis.asyncio as aioredis
-from aiohttp import web
+from supervisor.http_server import HttpServer, Request, Response
+from supervisor.resp import PipelinedRedis, RedisConnectionError
 
 logger = logging.getLogger("minimal_handler")
 
@@ -78,7 +82,7 @@ def _percentile(ordered: list[float], fraction: float) -> float | None:
 class MinimalIngest:
     """Claim-and-enqueue ingest with one consumer task."""
 
-    def __init__(self, redis: aioredis.Redis, key_prefix: str, claim_ttl_ms: int,
+    def __init__(self, redis: PipelinedRedis, key_prefix: str, claim_ttl_ms: int,
                  queue_max_size: int, coalesce: bool) -> None:
         self.redis = redis
         self.coalesce = coalesce
@@ -104,18 +108,18 @@ class MinimalIngest:
         return await future
 
     async def _claim_now(self, event_ids: list[str]) -> list[bool]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for event_id in event_ids:
-                pipe.set(self.key_prefix + event_id, "1", nx=True, px=self.claim_ttl_ms)
-            results = await pipe.execute()
-        return [bool(result) for result in results]
+        ttl = str(self.claim_ttl_ms)
+        results = await self.redis.execute(
+            [("SET", self.key_prefix + event_id, "1", "NX", "PX", ttl) for event_id in event_ids]
+        )
+        return [result is not None for result in results]
 
     async def _flush(self) -> None:
         pending, self._pending = self._pending, []
         all_ids = [event_id for event_ids, _ in pending for event_id in event_ids]
         try:
             claims = await self._claim_now(all_ids)
-        except (aioredis.RedisError, OSError) as error:
+        except (RedisConnectionError, OSError, TimeoutError) as error:
             for _, future in pending:
                 future.set_exception(error)
             return
@@ -124,27 +128,27 @@ class MinimalIngest:
             future.set_result(claims[start:start + len(event_ids)])
             start += len(event_ids)
 
-    async def handle_events(self, request: web.Request) -> web.Response:
+    async def handle_events(self, request: Request) -> Response:
         self.requests_in_progress += 1
         try:
             return await self._handle_events(request)
         finally:
             self.requests_in_progress -= 1
 
-    async def _handle_events(self, request: web.Request) -> web.Response:
+    async def _handle_events(self, request: Request) -> Response:
         received_s = time.monotonic()
         try:
-            body = json.loads(await request.read())
+            body = json.loads(request.body)
             events = body["events"] if isinstance(body, dict) and "events" in body else [body]
             event_ids = [str(event["event_id"]) for event in events]
         except (ValueError, KeyError, TypeError) as error:
-            return web.json_response({"error": f"invalid event body: {error}"}, status=400)
+            return Response.json(400, {"error": f"invalid event body: {error}"})
 
         self.counters.received += len(events)
         claims = await self.claim(event_ids)
         for event, claimed in zip(events, claims, strict=True):
             self._enqueue(received_s, event, claimed)
-        return web.json_response({"accepted": sum(claims)}, status=202)
+        return Response.json(202, {"accepted": sum(claims)})
 
     def _enqueue(self, received_s: float, event: dict[str, Any], claimed: bool) -> None:
         if not claimed:
@@ -164,34 +168,30 @@ class MinimalIngest:
                 counters.lags_s.append(time.monotonic() - received_s)
             counters.consumed += 1
 
-    async def handle_stats(self, request: web.Request) -> web.Response:
-        return web.json_response({**self.counters.snapshot(), "queue_depth": self.queue.qsize(),
-                                  "requests_in_progress": self.requests_in_progress})
+    async def handle_stats(self, request: Request) -> Response:
+        return Response.json(200, {**self.counters.snapshot(), "queue_depth": self.queue.qsize(),
+                                   "requests_in_progress": self.requests_in_progress})
 
-    async def handle_reset(self, request: web.Request) -> web.Response:
+    async def handle_reset(self, request: Request) -> Response:
         self.counters = Counters(lag_prefix=request.query.get("lag_prefix", ""))
-        return web.json_response({"status": "reset"})
+        return Response.json(200, {"status": "reset"})
 
-    async def handle_healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def handle_healthz(self, request: Request) -> Response:
+        return Response.json(200, {"status": "ok"})
 
 
 async def serve(args: argparse.Namespace) -> None:
-    pool = aioredis.BlockingConnectionPool.from_url(
-        args.redis_url, max_connections=args.redis_connections
-    )
-    redis = aioredis.Redis(connection_pool=pool)
-    await redis.ping()
+    redis = PipelinedRedis.from_url(args.redis_url, connect_timeout_s=5.0, reply_timeout_s=5.0)
+    await redis.execute([("PING",)])
     ingest = MinimalIngest(redis, args.key_prefix, args.claim_ttl_ms, args.queue_max_size,
                            coalesce=not args.claim_per_request)
-    app = web.Application()
-    app.router.add_post("/events", ingest.handle_events)
-    app.router.add_get("/stats", ingest.handle_stats)
-    app.router.add_post("/reset", ingest.handle_reset)
-    app.router.add_get("/healthz", ingest.handle_healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, args.host, args.port).start()
+    server = HttpServer({
+        ("POST", "/events"): ingest.handle_events,
+        ("GET", "/stats"): ingest.handle_stats,
+        ("POST", "/reset"): ingest.handle_reset,
+        ("GET", "/healthz"): ingest.handle_healthz,
+    }, max_body_bytes=args.max_body_bytes)  # fmt: skip
+    await server.start(args.host, args.port)
     consumer = asyncio.create_task(ingest.consume())
     logger.info("Minimal handler listening on http://%s:%d", args.host, args.port)
 
@@ -203,8 +203,8 @@ async def serve(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         consumer.cancel()
-        await runner.cleanup()
-        await redis.aclose()
+        await server.close()
+        await redis.close()
         logger.info("Minimal handler stopped: %s", json.dumps(ingest.counters.snapshot()))
 
 
@@ -213,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8191)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--redis-connections", type=int, default=64,
-                        help="size of the Redis connection pool")
+    parser.add_argument("--max-body-bytes", type=int, default=10 * 1024 * 1024)
     parser.add_argument("--key-prefix", default="bench:minimal:",
                         help="prefix of the claim keys; the benchmark deletes its keys afterwards")
     parser.add_argument("--claim-ttl-ms", type=int, default=60_000)

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from supervisor.clock import Clock
 from supervisor.dedup import Dedup, DedupUnavailable
 from supervisor.events import Event, EventValidationError, batch_items, decode_body, parse_event
+from supervisor.http_server import Handler, HttpServer, Request, Response
 from supervisor.metrics import Metrics
 from supervisor.pool import QueuedEvent, WorkerPool
 from supervisor.settings import Settings
@@ -92,17 +92,12 @@ class Runtime:
     state: RuntimeState = field(default_factory=RuntimeState)
 
 
-RUNTIME_KEY = web.AppKey("runtime", Runtime)
+def _respond(answer: tuple[int, bytes], headers: dict[str, str] | None = None) -> Response:
+    return Response(answer[0], answer[1], _JSON, headers)
 
 
-def _respond(answer: tuple[int, bytes], headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=answer[0], body=answer[1], content_type=_JSON, headers=headers)
-
-
-def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
-    return web.Response(
-        status=status, body=json.dumps(payload).encode(), content_type=_JSON, headers=headers
-    )
+def _json(status: int, payload: dict[str, Any], **headers: str) -> Response:
+    return Response.json(status, payload, headers)
 
 
 def _rejected(error: EventValidationError) -> dict[str, Any]:
@@ -143,7 +138,7 @@ class Ingest:
         self._rt.pool.release_in_background(event.event_id)
         return False
 
-    async def single(self, data: Any, received_s: float) -> web.Response:
+    async def single(self, data: Any, received_s: float) -> Response:
         """Run one event through ingest and build its response."""
         try:
             event = parse_event(data)
@@ -177,7 +172,7 @@ class Ingest:
             return _respond(DRAINING)
         return _respond(ACCEPTED if self._offer(event, received_s) else QUEUE_FULL)
 
-    async def batch(self, items: list[Any], received_s: float) -> web.Response:
+    async def batch(self, items: list[Any], received_s: float) -> Response:
         """Run a batch through ingest with one dedup round trip; one result per event, in order."""
         results: list[dict[str, Any]] = [{} for _ in items]
         owned: list[tuple[int, Event]] = []
@@ -240,7 +235,7 @@ class Ingest:
     @staticmethod
     def _batch_response(
         results: list[dict[str, Any]], draining: bool, dedup_down: bool
-    ) -> web.Response:
+    ) -> Response:
         counts = dict.fromkeys(("accepted", "duplicate", "not_owned", "rejected", "dropped"), 0)
         for result in results:
             counts[result["status"]] += 1
@@ -254,60 +249,17 @@ class Ingest:
         return _json(status, {"counts": counts, "results": results}, **headers)
 
 
-def _authorized(request: web.Request, token: str) -> bool:
-    header = request.headers.get("Authorization", "")
+def _authorized(request: Request, token: str) -> bool:
+    header = request.headers.get("authorization", "")
     expected = f"Bearer {token}"
     return hmac.compare_digest(header.encode(), expected.encode())
 
 
-async def post_events(request: web.Request) -> web.Response:
-    """Handle `POST /events`: one event or a batch."""
-    runtime = request.app[RUNTIME_KEY]
-    settings = runtime.settings
-    if settings.ingest_token and not _authorized(request, settings.ingest_token):
-        return _json(
-            401,
-            {"error": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"},
-            **{"WWW-Authenticate": "Bearer"},
-        )
-    too_large = _json(413, {"error": f"body larger than {settings.max_body_bytes} bytes"})
-    if (request.content_length or 0) > settings.max_body_bytes:
-        return too_large
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return too_large
-    received_s = runtime.clock.monotonic()
-
-    ingest = request.app[INGEST_KEY]
-    try:
-        data = decode_body(body)
-        items = batch_items(data)
-    except EventValidationError as error:
-        runtime.metrics.count_rejected()
-        return _json(400, _rejected(error))
-    if items is None:
-        return await ingest.single(data, received_s)
-    if len(items) > settings.max_batch_events:
-        return _json(
-            413,
-            {"error": f"batch of {len(items)} events is over the limit of "
-                      f"{settings.max_batch_events} (SUPERVISOR_MAX_BATCH_EVENTS)"},
-        )  # fmt: skip
-    return await ingest.batch(items, received_s)
+class BadQuery(ValueError):
+    """A query parameter has a value the endpoint cannot use."""
 
 
-INGEST_KEY = web.AppKey("ingest", Ingest)
-
-
-async def get_metrics(request: web.Request) -> web.Response:
-    """Handle `GET /metrics`: Prometheus text format."""
-    registry = request.app[RUNTIME_KEY].metrics.registry
-    body = generate_latest(registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-def _query_number(request: web.Request, name: str, default: float, low: float) -> float:
+def _query_number(request: Request, name: str, default: float, low: float) -> float:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -316,10 +268,7 @@ def _query_number(request: web.Request, name: str, default: float, low: float) -
     except ValueError:
         value = float("nan")
     if not value >= low:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"{name}={raw!r} is invalid: use a number >= {low}"}),
-            content_type=_JSON,
-        )
+        raise BadQuery(f"{name}={raw!r} is invalid: use a number >= {low}")
     return value
 
 
@@ -332,51 +281,97 @@ def instance_snapshot(runtime: Runtime) -> dict[str, Any]:
     return instance
 
 
-async def get_stats(request: web.Request) -> web.Response:
-    """Handle `GET /stats?window_s=N`: the JSON snapshot."""
-    runtime = request.app[RUNTIME_KEY]
-    window_s = _query_number(request, "window_s", DEFAULT_WINDOW_S, 0.001)
-    snapshot = {"instance": instance_snapshot(runtime), **runtime.metrics.stats(window_s)}
-    return _json(200, snapshot)
+class Endpoints:
+    """The handlers of one instance's endpoints."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.ingest = Ingest(runtime)
+        limit = runtime.settings.max_body_bytes
+        self.too_large = _json(413, {"error": f"body larger than {limit} bytes"})
+
+    def routes(self) -> dict[tuple[str, str], Handler]:
+        return {
+            ("POST", "/events"): self.post_events,
+            ("GET", "/metrics"): self.get_metrics,
+            ("GET", "/stats"): self.get_stats,
+            ("GET", "/timings"): self.get_timings,
+            ("GET", "/healthz"): self.get_healthz,
+            ("GET", "/readyz"): self.get_readyz,
+        }
+
+    async def post_events(self, request: Request) -> Response:
+        """Handle `POST /events`: one event or a batch."""
+        runtime = self.runtime
+        settings = runtime.settings
+        if settings.ingest_token and not _authorized(request, settings.ingest_token):
+            return _json(
+                401,
+                {"error": "missing or wrong bearer token: send 'Authorization: Bearer <token>'"},
+                **{"WWW-Authenticate": "Bearer"},
+            )
+        received_s = runtime.clock.monotonic()
+        try:
+            data = decode_body(request.body)
+            items = batch_items(data)
+        except EventValidationError as error:
+            runtime.metrics.count_rejected()
+            return _json(400, _rejected(error))
+        if items is None:
+            return await self.ingest.single(data, received_s)
+        if len(items) > settings.max_batch_events:
+            return _json(
+                413,
+                {"error": f"batch of {len(items)} events is over the limit of "
+                          f"{settings.max_batch_events} (SUPERVISOR_MAX_BATCH_EVENTS)"},
+            )  # fmt: skip
+        return await self.ingest.batch(items, received_s)
+
+    async def get_metrics(self, request: Request) -> Response:
+        """Handle `GET /metrics`: Prometheus text format."""
+        body = generate_latest(self.runtime.metrics.registry)
+        return Response(200, body, CONTENT_TYPE_LATEST)
+
+    async def get_stats(self, request: Request) -> Response:
+        """Handle `GET /stats?window_s=N`: the JSON snapshot."""
+        runtime = self.runtime
+        try:
+            window_s = _query_number(request, "window_s", DEFAULT_WINDOW_S, 0.001)
+        except BadQuery as error:
+            return _json(400, {"error": str(error)})
+        snapshot = {"instance": instance_snapshot(runtime), **runtime.metrics.stats(window_s)}
+        return _json(200, snapshot)
+
+    async def get_timings(self, request: Request) -> Response:
+        """Handle `GET /timings?after=SEQ&limit=N`."""
+        try:
+            after = int(_query_number(request, "after", 0, 0))
+            limit = int(min(_query_number(request, "limit", 1000, 1), MAX_TIMINGS_PAGE))
+        except BadQuery as error:
+            return _json(400, {"error": str(error)})
+        return _json(200, self.runtime.timings.page(after, limit))
+
+    async def get_healthz(self, request: Request) -> Response:
+        """Handle `GET /healthz`: 200 while the process serves requests."""
+        return _json(200, {"status": "ok"})
+
+    async def get_readyz(self, request: Request) -> Response:
+        """Handle `GET /readyz`: 200 once the first full refresh is done and dedup answers."""
+        runtime = self.runtime
+        state = runtime.state
+        if state.draining:
+            return _json(503, {"status": "not ready", "reason": "draining"})
+        if not state.ready:
+            reason = "waiting for the first full config refresh"
+            return _json(503, {"status": "not ready", "reason": reason})
+        if not await runtime.dedup.ping():
+            reason = "dedup unavailable: Redis does not answer"
+            return _json(503, {"status": "not ready", "reason": reason})
+        return _json(200, {"status": "ready"})
 
 
-async def get_timings(request: web.Request) -> web.Response:
-    """Handle `GET /timings?after=SEQ&limit=N`."""
-    runtime = request.app[RUNTIME_KEY]
-    after = int(_query_number(request, "after", 0, 0))
-    limit = int(min(_query_number(request, "limit", 1000, 1), MAX_TIMINGS_PAGE))
-    return _json(200, runtime.timings.page(after, limit))
-
-
-async def get_healthz(request: web.Request) -> web.Response:
-    """Handle `GET /healthz`: 200 while the process serves requests."""
-    return _json(200, {"status": "ok"})
-
-
-async def get_readyz(request: web.Request) -> web.Response:
-    """Handle `GET /readyz`: 200 once the first full refresh is done and dedup answers."""
-    runtime = request.app[RUNTIME_KEY]
-    state = runtime.state
-    if state.draining:
-        return _json(503, {"status": "not ready", "reason": "draining"})
-    if not state.ready:
-        reason = "waiting for the first full config refresh"
-        return _json(503, {"status": "not ready", "reason": reason})
-    if not await runtime.dedup.ping():
-        reason = "dedup unavailable: Redis does not answer"
-        return _json(503, {"status": "not ready", "reason": reason})
-    return _json(200, {"status": "ready"})
-
-
-def build_app(runtime: Runtime) -> web.Application:
-    """Build the aiohttp application of one instance."""
-    app = web.Application(client_max_size=runtime.settings.max_body_bytes)
-    app[RUNTIME_KEY] = runtime
-    app[INGEST_KEY] = Ingest(runtime)
-    app.router.add_post("/events", post_events)
-    app.router.add_get("/metrics", get_metrics)
-    app.router.add_get("/stats", get_stats)
-    app.router.add_get("/timings", get_timings)
-    app.router.add_get("/healthz", get_healthz)
-    app.router.add_get("/readyz", get_readyz)
-    return app
+def build_server(runtime: Runtime) -> HttpServer:
+    """Build the HTTP server of one instance; `HttpServer.start` makes it listen."""
+    endpoints = Endpoints(runtime)
+    return HttpServer(endpoints.routes(), max_body_bytes=runtime.settings.max_body_bytes,
+                      too_large=endpoints.too_large)  # fmt: skip

@@ -28,15 +28,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-
 from supervisor import __version__
 from supervisor.clock import Clock, SystemClock
 from supervisor.config_cache import ConfigCache
 from supervisor.dedup import Dedup, MemoryDedup, RedisDedup
 from supervisor.execution import ExecutionClient, build_pool
-from supervisor.http_app import Runtime, RuntimeState, build_app
+from supervisor.http_app import Runtime, RuntimeState, build_server
 from supervisor.http_pool import HttpPool
+from supervisor.http_server import HttpServer
 from supervisor.metrics import Metrics
 from supervisor.pool import QueuedEvent, WorkerPool
 from supervisor.refresh import ConfigSourceError, RefreshLoop, build_refresh_loop
@@ -125,8 +124,7 @@ class Service:
     runtime: Runtime
     refresh: RefreshLoop
     http_pool: HttpPool
-    app: web.Application
-    runner: web.AppRunner | None = None
+    server: HttpServer
     port: int | None = None
     _refresh_task: asyncio.Task[None] | None = None
     _ready_task: asyncio.Task[None] | None = None
@@ -191,16 +189,12 @@ class Service:
             instance=instance_info(settings, owner_id, time_base.start_unix_s),
             state=RuntimeState(config_ready=lambda: refresh.ready),
         )
-        return cls(settings, runtime, refresh, http_pool, build_app(runtime))
+        return cls(settings, runtime, refresh, http_pool, build_server(runtime))
 
     async def start(self, host: str, port: int) -> None:
         """Serve HTTP, then become ready in the background once configs are loaded."""
         logger.info("Worker pool size: %d", self.settings.worker_pool_size)
-        self.runner = web.AppRunner(self.app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port)
-        await site.start()
-        self.port = _bound_port(self.runner, port)
+        self.port = await self.server.start(host, port)
         logger.info("Listening on http://%s:%d", host, self.port)
         self._ready_task = asyncio.get_running_loop().create_task(self._become_ready())
 
@@ -239,18 +233,10 @@ class Service:
         if self._refresh_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh_task
-        if self.runner is not None:
-            await self.runner.cleanup()
+        await self.server.close()
         await self.http_pool.close()
         await runtime.dedup.close()
         _log_counts(runtime.metrics)
-
-
-def _bound_port(runner: web.AppRunner, requested: int) -> int:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return requested
 
 
 def _log_counts(metrics: Metrics) -> None:

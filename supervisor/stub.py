@@ -1,6 +1,6 @@
 """The execution service stub: `supervisor execution-stub`.
 
-An aiohttp server standing in for the platform's execution service in load tests, end-to-end
+An HTTP server standing in for the platform's execution service in load tests, end-to-end
 tests and calibration runs. Each `POST /execute` is one copy trade. The stub applies the
 capacity rule that the model mirrors. Let `n` be the calls in progress counting the new one,
 `C` the capacity and `M` the limit (0 means unlimited for both). A call with `n > M` gets 429
@@ -25,8 +25,9 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from supervisor.http_server import HttpServer, Request, Response
 from supervisor.latency import (
     LATENCY_KINDS,
     LatencyDistribution,
@@ -34,9 +35,6 @@ from supervisor.latency import (
     LatencySummary,
     build_latency,
 )
-
-if TYPE_CHECKING:
-    from aiohttp import web
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +44,11 @@ Clock = Callable[[], float]
 DEFAULT_PORT = 8090
 MAX_LOGGED_BAD_REQUESTS = 10
 
-_FILLED_BODY = b'{"status": "filled"}'
-_ERROR_BODY = b'{"status": "error", "reason": "injected error"}'
-_REJECTED_BODY = b'{"status": "rejected", "reason": "concurrency limit reached"}'
+MAX_BODY_BYTES = 1_048_576
+
+_FILLED = Response(200, b'{"status": "filled"}')
+_ERROR = Response(500, b'{"status": "error", "reason": "injected error"}')
+_REJECTED = Response(429, b'{"status": "rejected", "reason": "concurrency limit reached"}')
 
 
 class StubOptionError(ValueError):
@@ -229,44 +229,42 @@ class ExecutionStub:
         }
 
 
-def build_app(stub: ExecutionStub) -> web.Application:
-    """Build the aiohttp application serving `stub`."""
-    from aiohttp import web
+def build_server(stub: ExecutionStub, *, max_body_bytes: int = MAX_BODY_BYTES) -> HttpServer:
+    """Build the HTTP server serving `stub`; `HttpServer.start` makes it listen."""
 
-    async def handle_execute(request: web.Request) -> web.Response:
-        key = request.headers.get("Idempotency-Key", "")
-        problem = _check_execute_request(key, await request.read())
+    async def handle_execute(request: Request) -> Response:
+        key = request.headers.get("idempotency-key", "")
+        problem = _check_execute_request(key, request.body)
         if problem is not None:
             stub.count_bad_request(problem)
-            return web.json_response({"status": "invalid", "reason": problem}, status=400)
+            return Response.json(400, {"status": "invalid", "reason": problem})
 
         status = await stub.execute(key)
         if status == 200:
-            return web.Response(body=_FILLED_BODY, content_type="application/json")
-        body = _REJECTED_BODY if status == 429 else _ERROR_BODY
-        return web.Response(status=status, body=body, content_type="application/json")
+            return _FILLED
+        return _REJECTED if status == 429 else _ERROR
 
-    async def handle_stats(request: web.Request) -> web.Response:
-        return web.json_response(stub.stats())
+    async def handle_stats(request: Request) -> Response:
+        return Response.json(200, stub.stats())
 
-    async def handle_keys(request: web.Request) -> web.Response:
-        return web.json_response({"counts": stub.counts})
+    async def handle_keys(request: Request) -> Response:
+        return Response.json(200, {"counts": stub.counts})
 
-    async def handle_reset(request: web.Request) -> web.Response:
+    async def handle_reset(request: Request) -> Response:
         stub.reset()
         logger.info("Counters reset by POST /reset; %d calls still in progress", stub.in_flight)
-        return web.json_response({"status": "reset"})
+        return Response.json(200, {"status": "reset"})
 
-    async def handle_healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def handle_healthz(request: Request) -> Response:
+        return Response.json(200, {"status": "ok"})
 
-    app = web.Application()
-    app.router.add_post("/execute", handle_execute)
-    app.router.add_get("/stats", handle_stats)
-    app.router.add_get("/keys", handle_keys)
-    app.router.add_post("/reset", handle_reset)
-    app.router.add_get("/healthz", handle_healthz)
-    return app
+    return HttpServer({
+        ("POST", "/execute"): handle_execute,
+        ("GET", "/stats"): handle_stats,
+        ("GET", "/keys"): handle_keys,
+        ("POST", "/reset"): handle_reset,
+        ("GET", "/healthz"): handle_healthz,
+    }, max_body_bytes=max_body_bytes)  # fmt: skip
 
 
 def _check_execute_request(key: str, raw_body: bytes) -> str | None:
@@ -352,14 +350,9 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 async def serve(options: StubOptions, stop: asyncio.Event | None = None) -> None:
     """Serve the stub until `stop` is set, or until SIGINT or SIGTERM when `stop` is None."""
-    from aiohttp import web
-
     stub = ExecutionStub(options)
-    runner = web.AppRunner(build_app(stub), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, options.host, options.port)
-    await site.start()
-    port = _bound_port(runner, options.port)
+    server = build_server(stub)
+    port = await server.start(options.host, options.port)
     logger.info(
         "Execution stub listening on http://%s:%d with settings %s",
         options.host, port, json.dumps(options.describe()),
@@ -373,19 +366,12 @@ async def serve(options: StubOptions, stop: asyncio.Event | None = None) -> None
     try:
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await server.close()
         logger.info(
             "Execution stub stopped after %d executions, %d duplicate keys, %d responses 429, "
             "%d responses 500",
             stub.executions_total, stub.duplicate_keys, stub.rejected_429, stub.errors_500,
         )
-
-
-def _bound_port(runner: web.AppRunner, requested_port: int) -> int:
-    for address in runner.addresses:
-        if isinstance(address, tuple) and len(address) >= 2:
-            return int(address[1])
-    return requested_port
 
 
 if __name__ == "__main__":

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from helpers_http import ServerClient
 from test_queue_pool import GatedExecutor, row
 
 from supervisor.clock import FakeClock
 from supervisor.config_cache import ConfigCache
 from supervisor.dedup import Dedup, DedupUnavailable, MemoryDedup
-from supervisor.http_app import Runtime, RuntimeState, build_app
+from supervisor.http_app import Runtime, RuntimeState, build_server
 from supervisor.metrics import Metrics
 from supervisor.pool import QueuedEvent, WorkerPool
 from supervisor.settings import Settings
@@ -55,7 +55,7 @@ class BrokenDedup:
 
 @dataclass
 class App:
-    client: TestClient
+    client: ServerClient
     runtime: Runtime
     executor: GatedExecutor
     ready: list[bool]
@@ -69,7 +69,7 @@ class App:
 async def start_app(
     *, capacity: int = 10, dedup: Dedup | None = None, start_pool: bool = False,
     shard_count: int = 1, **settings: Any,
-) -> tuple[TestClient, Runtime, GatedExecutor, list[bool]]:  # fmt: skip
+) -> tuple[ServerClient, Runtime, GatedExecutor, list[bool]]:  # fmt: skip
     clock = FakeClock()
     config = Settings(queue_max_size=capacity, worker_pool_size=1, shard_count=shard_count,
                       database_url="sqlite://", **settings)  # fmt: skip
@@ -94,8 +94,7 @@ async def start_app(
     )  # fmt: skip
     if start_pool:
         pool.start()
-    client = TestClient(TestServer(build_app(runtime), host="127.0.0.1"))
-    await client.start_server()
+    client = await ServerClient(build_server(runtime)).start()
     return client, runtime, executor, ready
 
 

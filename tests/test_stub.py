@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import ClientSession
-from aiohttp.test_utils import TestClient, TestServer
 from conftest import free_port
+from helpers_http import ServerClient
 
 from supervisor.latency import (
     ExponentialLatency,
@@ -30,8 +30,8 @@ from supervisor.stub import (
     StubOptionError,
     StubOptions,
     add_arguments,
-    build_app,
     build_options,
+    build_server,
 )
 
 
@@ -73,11 +73,10 @@ def trade_body(key: str) -> dict[str, object]:
 
 @pytest.fixture
 async def client_for() -> AsyncIterator[Callable[[ExecutionStub], Any]]:
-    clients: list[TestClient[Any, Any]] = []
+    clients: list[ServerClient] = []
 
-    async def start(stub: ExecutionStub) -> TestClient[Any, Any]:
-        client: TestClient[Any, Any] = TestClient(TestServer(build_app(stub)))
-        await client.start_server()
+    async def start(stub: ExecutionStub) -> ServerClient:
+        client = await ServerClient(build_server(stub)).start()
         clients.append(client)
         return client
 
@@ -86,7 +85,7 @@ async def client_for() -> AsyncIterator[Callable[[ExecutionStub], Any]]:
         await client.close()
 
 
-async def post_execute(client: TestClient[Any, Any], key: str) -> int:
+async def post_execute(client: ServerClient, key: str) -> int:
     response = await client.post("/execute", json=trade_body(key), headers={"Idempotency-Key": key})
     await response.read()
     return response.status

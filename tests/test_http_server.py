@@ -316,3 +316,26 @@ async def test_close_aborts_requests_that_outlast_the_grace(served: Served) -> N
     await served.server.close(grace_s=0.05)
     assert await busy.replies(1) == []
     assert busy.eof
+
+
+def test_server_runs_on_uvloop() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def ping(request: Request) -> Response:
+        return Response.json(200, {"pong": request.query.get("n")})
+
+    async def scenario() -> list[Reply]:
+        server = HttpServer({("GET", "/ping"): ping}, max_body_bytes=10)
+        port = await server.start("127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        connection = Connection(reader, writer)
+        await connection.send(b"GET /ping?n=1 HTTP/1.1\r\n\r\nGET /ping?n=2 HTTP/1.1\r\n\r\n")
+        replies = await connection.replies(2)
+        connection.close()
+        await server.close(grace_s=1.0)
+        return replies
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        first, second = runner.run(scenario())
+    assert first.json() == {"pong": "1"}
+    assert second.json() == {"pong": "2"}

@@ -30,6 +30,7 @@ clock. It is correct for one instance only.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections import OrderedDict
@@ -201,7 +202,12 @@ def _script_sha(script: str) -> str:
     return hashlib.sha1(script.encode()).hexdigest()
 
 
-def _describe(error: Exception) -> str:
+def _finish(flushed: asyncio.Future[None], *_: object) -> None:
+    if not flushed.done():
+        flushed.set_result(None)
+
+
+def _describe(error: BaseException) -> str:
     # A timeout from `asyncio.timeout` has an empty message.
     return str(error) or type(error).__name__
 
@@ -236,7 +242,8 @@ class RedisDedup:
         self._pending: list[_Op] = []
         self._deferred: list[Command] = []
         self._deferred_timer: asyncio.TimerHandle | None = None
-        self._flush_tasks: set[asyncio.Task[None]] = set()
+        # One future per flush from the moment it is scheduled until its replies are handled.
+        self._flushes: set[asyncio.Future[None]] = set()
         self._error_log = LogLimiter(clock)
         self._settle_log = LogLimiter(clock)
         self.available = True
@@ -282,14 +289,15 @@ class RedisDedup:
         return future
 
     def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        # The flush task first runs on the next loop turn, so every operation issued before
-        # then joins the same pipeline, and so do the deferred settlements waiting now.
+        # The flush runs on the next loop turn, so every operation issued before then joins
+        # the same pipeline, and so do the deferred settlements waiting now.
         if self._deferred_timer is not None:
             self._deferred_timer.cancel()
             self._deferred_timer = None
-        task = loop.create_task(self._flush())
-        self._flush_tasks.add(task)
-        task.add_done_callback(self._flush_tasks.discard)
+        flushed: asyncio.Future[None] = loop.create_future()
+        self._flushes.add(flushed)
+        flushed.add_done_callback(self._flushes.discard)
+        loop.call_soon(self._flush, flushed)
 
     def settle_later(self, event_id: str, *, done: bool) -> None:
         self._deferred.append(("done" if done else "release", event_id))
@@ -345,7 +353,10 @@ class RedisDedup:
 
     async def _execute_reloading(self, commands: list[Command]) -> list[Any]:
         """Run `_execute`, then rerun once the script calls that Redis rejected with `NOSCRIPT`."""
-        replies = await self._execute(commands)
+        return await self._reload_missing(commands, await self._execute(commands))
+
+    async def _reload_missing(self, commands: list[Command], replies: list[Any]) -> list[Any]:
+        """Rerun once the script calls that Redis rejected with `NOSCRIPT`, loading the scripts."""
         missing = [i for i, reply in enumerate(replies) if is_noscript(reply)]
         if not missing:
             return replies
@@ -357,22 +368,74 @@ class RedisDedup:
             replies[index] = reply
         return replies
 
-    async def _flush(self) -> None:
+    def _flush(self, flushed: asyncio.Future[None]) -> None:
+        """Send the pending operations and deferred settlements as one pipeline.
+
+        With the connection open and the scripts loaded (or only claims to send), the pipeline
+        is written at once and its replies handled in a callback. Otherwise a task connects,
+        loads the scripts and then sends it. Each costs a few microseconds per pipeline, and
+        when events arrive one at a time each event has a pipeline of its own.
+        """
         ops, self._pending = self._pending, []
         deferred, self._deferred = self._deferred, []
         commands = [(op.kind, event_id) for op in ops for event_id in op.event_ids]
         commands += deferred
         if not commands:
+            _finish(flushed)
             return
+        sent = None
+        if self._scripts_loaded or all(kind == "claim" for kind, _ in commands):
+            sent = self._client.send_now([self._command(kind, key) for kind, key in commands])
+        if sent is None:
+            task = asyncio.get_running_loop().create_task(self._flush_slowly(ops, deferred,
+                                                                              commands))
+            task.add_done_callback(functools.partial(_finish, flushed))
+            return
+        sent.add_done_callback(
+            functools.partial(self._on_replies, ops, deferred, commands, flushed)
+        )
+
+    def _on_replies(self, ops: list[_Op], deferred: list[Command], commands: list[Command],
+                    flushed: asyncio.Future[None], sent: asyncio.Future[list[Any]]) -> None:
         try:
-            replies = await self._execute_reloading(commands)
-        except (RedisConnectionError, OSError, TimeoutError) as error:
-            if ops:
-                self._fail(ops, error)
-            else:
-                self.available = False
-            self._log_settle_failure([event_id for _, event_id in deferred], error)
+            replies = sent.result()
+        except (RedisConnectionError, OSError, TimeoutError, asyncio.CancelledError) as error:
+            self._flush_failed(ops, deferred, error)
+            _finish(flushed)
             return
+        if any(is_noscript(reply) for reply in replies):
+            task = asyncio.get_running_loop().create_task(
+                self._flush_slowly(ops, deferred, commands, replies)
+            )
+            task.add_done_callback(functools.partial(_finish, flushed))
+            return
+        self._settle_replies(ops, deferred, replies)
+        _finish(flushed)
+
+    async def _flush_slowly(self, ops: list[_Op], deferred: list[Command],
+                            commands: list[Command], replies: list[Any] | None = None) -> None:
+        """Send `commands` (or rerun the `NOSCRIPT` ones of `replies`) and handle the replies."""
+        try:
+            if replies is None:
+                replies = await self._execute_reloading(commands)
+            else:
+                replies = await self._reload_missing(commands, replies)
+        except (RedisConnectionError, OSError, TimeoutError) as error:
+            self._flush_failed(ops, deferred, error)
+            return
+        self._settle_replies(ops, deferred, replies)
+
+    def _flush_failed(self, ops: list[_Op], deferred: list[Command],
+                      error: BaseException) -> None:  # fmt: skip
+        if ops:
+            self._fail(ops, error)
+        else:
+            self.available = False
+        self._log_settle_failure([event_id for _, event_id in deferred], error)
+
+    def _settle_replies(self, ops: list[_Op], deferred: list[Command],
+                        replies: list[Any]) -> None:  # fmt: skip
+        """Resolve each operation's future and log the settlements that Redis rejected."""
         self._recovered()
 
         start = 0
@@ -388,7 +451,7 @@ class RedisDedup:
         if failed:
             self._log_settle_failure([event_id for event_id, _ in failed], failed[0][1])
 
-    def _log_settle_failure(self, event_ids: list[str], error: Exception) -> None:
+    def _log_settle_failure(self, event_ids: list[str], error: BaseException) -> None:
         if not event_ids:
             return
         suppressed = self._settle_log.allow()
@@ -411,7 +474,7 @@ class RedisDedup:
         else:
             self._fail([op], error)
 
-    def _fail(self, ops: list[_Op], error: Exception) -> None:
+    def _fail(self, ops: list[_Op], error: BaseException) -> None:
         self.available = False
         suppressed = self._error_log.allow()
         if suppressed is not None:
@@ -449,6 +512,6 @@ class RedisDedup:
         """Send the deferred settlements, wait for every pipeline, then close the client."""
         if self._deferred and not self._pending:
             self._start_flush(asyncio.get_running_loop())
-        if self._flush_tasks:
-            await asyncio.gather(*self._flush_tasks, return_exceptions=True)
+        if self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
         await self._client.close()

@@ -179,7 +179,19 @@ class PipelinedRedis:
         protocol = await self._connection()
         return await self._send(protocol, commands)
 
-    async def _send(self, protocol: _RespProtocol, commands: Sequence[Command]) -> list[Any]:
+    def send_now(self, commands: Sequence[Command]) -> asyncio.Future[list[Any]] | None:
+        """Send `commands` in one write on the open connection and return the replies' future.
+
+        Returns None when no connection is open; `execute` then connects first. The future
+        fails with `RedisConnectionError` or `TimeoutError` as `execute` would raise.
+        """
+        protocol = self._protocol
+        if protocol is None or protocol.lost or not commands:
+            return None
+        return self._write(protocol, commands)
+
+    def _write(self, protocol: _RespProtocol,
+               commands: Sequence[Command]) -> asyncio.Future[list[Any]]:  # fmt: skip
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
         protocol.waiting.append(_Pipeline(len(commands), future, loop.time()))
@@ -188,6 +200,10 @@ class PipelinedRedis:
         assert protocol.transport is not None
         pack = hiredis.pack_command
         protocol.transport.write(b"".join([pack(cast(Any, tuple(c))) for c in commands]))
+        return future
+
+    async def _send(self, protocol: _RespProtocol, commands: Sequence[Command]) -> list[Any]:
+        future = self._write(protocol, commands)
         try:
             return await future
         except asyncio.CancelledError:

@@ -189,6 +189,33 @@ async def test_silent_redis_times_out(redis_key_prefix) -> None:
         await server.wait_closed()
 
 
+async def test_open_connection_that_goes_silent_times_out(redis_key_prefix) -> None:
+    # The first pipeline connects and gets its reply. The second goes out at once on the open
+    # connection, and the server never answers it.
+    async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"PX\r\n$5\r\n30000\r\n")
+        writer.write(b"+OK\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dedup = RedisDedup.from_url(
+        f"redis://127.0.0.1:{port}/0", SystemClock(), instance_id="a",
+        key_prefix=redis_key_prefix, claim_ttl_ms=30_000, done_ttl_ms=60_000, timeout_s=0.05,
+    )  # fmt: skip
+    try:
+        assert await dedup.claim_many(["e1"]) == [True]
+        with pytest.raises(DedupUnavailable, match=r"no reply from Redis within 0\.05 s"):
+            await asyncio.wait_for(dedup.claim_many(["e2"]), 5.0)
+        assert not dedup.available
+    finally:
+        await dedup.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_scripts_reload_after_noscript(
     redis_server_url, redis_key_prefix, raw, monkeypatch, caplog
 ) -> None:

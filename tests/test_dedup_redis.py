@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -165,6 +166,17 @@ async def test_empty_claim_sends_nothing(redis_key_prefix) -> None:
         await dedup.close()
 
 
+async def fake_redis(serve: Any, key_prefix: str) -> tuple[asyncio.Server, RedisDedup]:
+    """Start `serve` as a fake Redis on a free port, and a dedup store that times out at 50 ms."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    dedup = RedisDedup.from_url(
+        f"redis://127.0.0.1:{port}/0", SystemClock(), instance_id="a",
+        key_prefix=key_prefix, claim_ttl_ms=30_000, done_ttl_ms=60_000, timeout_s=0.05,
+    )  # fmt: skip
+    return server, dedup
+
+
 async def test_silent_redis_times_out(redis_key_prefix) -> None:
     async def accept_and_stay_silent(
         reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -172,12 +184,7 @@ async def test_silent_redis_times_out(redis_key_prefix) -> None:
         await reader.read()
         writer.close()
 
-    server = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    dedup = RedisDedup.from_url(
-        f"redis://127.0.0.1:{port}/0", SystemClock(), instance_id="a",
-        key_prefix=redis_key_prefix, claim_ttl_ms=30_000, done_ttl_ms=60_000, timeout_s=0.05,
-    )  # fmt: skip
+    server, dedup = await fake_redis(accept_and_stay_silent, redis_key_prefix)
     try:
         with pytest.raises(DedupUnavailable, match=r"no reply from Redis within 0\.05 s"):
             await dedup.claim_many(["e1"])
@@ -199,12 +206,7 @@ async def test_open_connection_that_goes_silent_times_out(redis_key_prefix) -> N
         await reader.read()
         writer.close()
 
-    server = await asyncio.start_server(answer_once, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    dedup = RedisDedup.from_url(
-        f"redis://127.0.0.1:{port}/0", SystemClock(), instance_id="a",
-        key_prefix=redis_key_prefix, claim_ttl_ms=30_000, done_ttl_ms=60_000, timeout_s=0.05,
-    )  # fmt: skip
+    server, dedup = await fake_redis(answer_once, redis_key_prefix)
     try:
         assert await dedup.claim_many(["e1"]) == [True]
         with pytest.raises(DedupUnavailable, match=r"no reply from Redis within 0\.05 s"):

@@ -250,9 +250,11 @@ class Ingest:
 
 
 def _authorized(request: Request, token: str) -> bool:
-    header = request.headers.get("authorization", "")
-    expected = f"Bearer {token}"
-    return hmac.compare_digest(header.encode(), expected.encode())
+    # HTTP matches authentication schemes in any case, so "bearer" is as good as "Bearer".
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(credentials.encode(), token.encode())
 
 
 class BadQuery(ValueError):

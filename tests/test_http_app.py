@@ -207,6 +207,18 @@ async def test_token_is_required_when_set(app: App) -> None:
     assert await post(app, event("e1"), headers=headers) == (202, {"status": "accepted"})
 
 
+@pytest.mark.parametrize("app", [{"ingest_token": "s3cret"}], indirect=True)
+@pytest.mark.parametrize(
+    ("authorization", "expected"),
+    [("bearer s3cret", 202), ("BEARER s3cret", 202), ("Bearer wrong", 401),
+     ("Basic s3cret", 401), ("Bearer", 401), ("s3cret", 401)],
+)  # fmt: skip
+async def test_token_scheme_in_any_case(app: App, authorization: str, expected: int) -> None:
+    status, _ = await post(app, event("e1"), headers={"Authorization": authorization})
+    assert status == expected
+    assert app.identity_holds()
+
+
 @pytest.mark.parametrize("app", [{"dedup": BrokenDedup()}], indirect=True)
 async def test_dedup_down_fails_closed_with_retry_after(app: App) -> None:
     response = await app.client.post("/events", data=json.dumps(event("e1")))

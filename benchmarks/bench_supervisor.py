@@ -466,9 +466,9 @@ async def redis_for_run(options: argparse.Namespace, work_dir: Path,
     """Return the Redis URL of the run and a line describing it.
 
     Without `--redis-url` the benchmark starts its own redis-server, which runs on the helper
-    CPUs like the stub. An unpinned Redis sharing the machine's Redis with other work moved
-    between CPUs and sometimes ran on the server's CPU; its round trips then had a p99 of 8 to
-    12 ms where a pinned one had about 4 ms.
+    CPUs like the stub. The machine's own Redis is not pinned, moved between CPUs and sometimes
+    ran on the server's CPU. Its round trips then had a p99 of 8 to 12 ms, where a pinned Redis
+    had about 4 ms.
     """
     options.redis_owned = False
     if options.redis_url:
@@ -505,7 +505,7 @@ async def wait_redis(url: str, process: subprocess.Popen[bytes], timeout_s: floa
             except (aioredis.ConnectionError, OSError) as error:
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"redis-server did not answer within {timeout_s:.0f} s: {error}"
+                        f"redis-server did not respond to PING within {timeout_s:.0f} s: {error}"
                     ) from error
                 await asyncio.sleep(0.05)
     finally:
@@ -731,8 +731,10 @@ def write_latency_plot(supervisor: Figures, minimal: Figures | None, path: Path)
     axes.set_xlabel(f"offered rate, % of the whole-path capacity ({capacity:,.0f} events/s)")
     axes.set_ylabel("added latency, receipt to worker start (ms)")
     axes.set_title("Supervisor added latency against load")
-    axes.set_ylim(bottom=0.0)
-    axes.grid(True, alpha=0.3)
+    # A single disturbed run can be ten times the others, so a log axis keeps every point legible.
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize="small")
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)

@@ -37,6 +37,8 @@ JSON_TYPE = "application/json"
 DEFAULT_IDLE_TIMEOUT_S = 75.0
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 SWEEP_INTERVAL_S = 1.0
+# Pipelined requests a connection may queue before it stops reading from its client.
+MAX_PIPELINED = 64
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -267,6 +269,7 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._rejected = False
+        self._reading_paused = False
 
     @property
     def busy(self) -> bool:
@@ -353,6 +356,9 @@ class _Connection(asyncio.Protocol):
                           self._headers, body)  # fmt: skip
         self.pending.append((request, parser.should_keep_alive(),
                              parser.get_http_version() == "1.0"))  # fmt: skip
+        if len(self.pending) >= MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()
+            self._reading_paused = True
         if not self.running:
             self._next()
 
@@ -364,6 +370,10 @@ class _Connection(asyncio.Protocol):
             self.server.connection_idle(self)
             return
         request, keep_alive, http_10 = self.pending.popleft()
+        if self._reading_paused and len(self.pending) < MAX_PIPELINED // 2:
+            self._reading_paused = False
+            if self.transport is not None and not self._rejected and not self.closed:
+                self.transport.resume_reading()
         if isinstance(request, _Rejection):
             self._send(request.response, False, False)
             return

@@ -12,7 +12,7 @@ from typing import Any
 import httptools
 import pytest
 
-from supervisor.http_server import HttpServer, Request, Response
+from supervisor.http_server import MAX_PIPELINED, HttpServer, Request, Response
 
 READ_TIMEOUT_S = 5.0
 
@@ -157,6 +157,20 @@ async def test_pipelined_requests_are_answered_in_order(served: Served) -> None:
     first, second = await connection.replies(2)
     assert first.json() == {"slow": "first"}
     assert second.json()["body"] == "second"
+    connection.close()
+
+
+async def test_long_pipeline_is_answered_in_order(served: Served) -> None:
+    # The first write queues more requests than a connection takes before it stops reading,
+    # and the second is read only once reading has resumed.
+    connection = await served.connect()
+    count = 3 * MAX_PIPELINED
+    requests = [f"GET /echo?n={n} HTTP/1.1\r\n\r\n".encode() for n in range(count)]
+    await connection.send(b"".join(requests[: 2 * MAX_PIPELINED]))
+    await asyncio.sleep(0.05)
+    await connection.send(b"".join(requests[2 * MAX_PIPELINED :]))
+    replies = await connection.replies(count)
+    assert [reply.json()["query"]["n"] for reply in replies] == [str(n) for n in range(count)]
     connection.close()
 
 

@@ -358,7 +358,7 @@ class Endpoints:
         return _json(200, {"status": "ok"})
 
     async def get_readyz(self, request: Request) -> Response:
-        """Handle `GET /readyz`: 200 once the first full refresh is done and dedup answers."""
+        """Handle `GET /readyz`: 200 once the first full refresh is done and Redis responds."""
         runtime = self.runtime
         state = runtime.state
         if state.draining:

@@ -57,25 +57,19 @@ class Request:
         self._path: str | None = None
         self._query: dict[str, str] | None = None
 
-    def _split(self) -> None:
-        path, _, query = self.target.partition("?")
-        self._path = path
-        self._query = dict(parse_qsl(query, keep_blank_values=True))
-
     @property
     def path(self) -> str:
         """The target without its query string."""
         if self._path is None:
-            self._split()
-        assert self._path is not None
+            self._path = self.target.partition("?")[0]
         return self._path
 
     @property
     def query(self) -> Mapping[str, str]:
         """The query parameters; the last one wins when a name repeats."""
         if self._query is None:
-            self._split()
-        assert self._query is not None
+            query = self.target.partition("?")[2]
+            self._query = dict(parse_qsl(query, keep_blank_values=True))
         return self._query
 
 

@@ -198,7 +198,7 @@ async def test_silent_redis_times_out(redis_key_prefix) -> None:
 
 async def test_open_connection_that_goes_silent_times_out(redis_key_prefix) -> None:
     # The first pipeline connects and gets its reply. The second goes out at once on the open
-    # connection, and the server never answers it.
+    # connection, and the server never replies to it.
     async def answer_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"PX\r\n$5\r\n30000\r\n")
         writer.write(b"+OK\r\n")
